@@ -1,0 +1,36 @@
+# streamscore — the two commands a fresh clone needs are `make demo` and `make test`.
+# Both go through `make install`, which is idempotent and fast when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test demo protos check-protos emulator clean bench
+
+install: $(STAMP) emulator
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "streamscore needs Python >= 3.11, found " + sys.version.split()[0]'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+# The official Pub/Sub emulator (Java 17 + google-cloud-cli-pubsub-emulator).
+emulator:
+	@deploy/local/install-emulator.sh
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/streamscore up
+
+# Regenerate protobuf/gRPC code from protos/**/*.proto (generated files are committed).
+protos: $(STAMP)
+	$(PY) -m protos.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

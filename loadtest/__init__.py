@@ -1,0 +1,1 @@
+"""Benchmarks and replay-based load tests."""

@@ -1,0 +1,1 @@
+"""Model side of streamscore: training, evaluation, the registry, the predictor, River learners."""

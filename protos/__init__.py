@@ -1,0 +1,1 @@
+"""Protobuf/gRPC service definitions (``*.proto``) and their committed generated code."""
