@@ -1,0 +1,82 @@
+"""``streamscore <command>``: the one command-line entry point.
+
+Each command lives in its own module as ``run(argv) -> int``; this file only dispatches
+(imports are lazy so ``streamscore --help`` is instant). Errors users can fix (bad
+arguments, missing or malformed input) end with a one-line reason and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+# command -> (module with run(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("streaming.cli:run_simulate", "generate labelled card transactions (Parquet or JSON Lines)"),
+    "publish": ("streaming.publish:run", "publish a dataset's transactions, and later its labels, to Pub/Sub"),
+    "featurize": ("streaming.features.batch:run", "batch Beam job: the streaming features, one row per transaction"),
+}
+
+
+def _load(target: str) -> Callable[[list[str]], int]:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamscore",
+        description="Streaming real-time card-fraud scoring.",
+        epilog="Run `streamscore COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    run = _load(COMMANDS[args.command][0])
+    try:
+        return int(run(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print(f"streamscore {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # DatasetError and friends: one line, no traceback
+        print(f"streamscore {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def run_simulate(argv: list[str] | None = None) -> int:
+    """``streamscore simulate``: write a simulated, labelled transaction dataset."""
+    from streaming.datasets import write_table
+    from streaming.simulator import simulate
+
+    parser = argparse.ArgumentParser(prog="streamscore simulate", description=run_simulate.__doc__)
+    parser.add_argument("--customers", type=int, default=5000, help="number of customers (default 5000)")
+    parser.add_argument("--terminals", type=int, default=10000, help="number of terminals (default 10000)")
+    parser.add_argument("--days", type=int, default=183, help="number of days (default 183)")
+    parser.add_argument("--start", default="2018-04-01", help="first day, YYYY-MM-DD (default 2018-04-01)")
+    parser.add_argument("--radius", type=float, default=5.0, help="customer-terminal radius r (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", required=True, help="output path, .parquet or .jsonl")
+    args = parser.parse_args(argv)
+    if not args.out.lower().endswith((".parquet", ".jsonl", ".ndjson")):
+        parser.error(f"--out must end in .parquet or .jsonl, got {args.out!r}")
+    df = simulate(customers=args.customers, terminals=args.terminals, days=args.days,
+                  start=args.start, seed=args.seed, radius=args.radius)
+    path = write_table(df, args.out)
+    frauds = int(df["TX_FRAUD"].sum())
+    print(f"wrote {len(df):,} transactions ({frauds:,} frauds, {frauds / max(len(df), 1):.3%}) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
