@@ -150,10 +150,12 @@ class _Confirmer:
     outstanding: int = 0
     _done: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
-    def publish(self, topic: str, kind: int, data: bytes, attrs: dict[str, str], attempt: int = 1) -> None:
-        future: Future = self.publisher.publish(topic, data, **attrs)
+    def publish(self, topic: str, kind: int, data: bytes, attrs: dict[str, str], attempt: int = 1,
+                key: str = "") -> None:
+        future: Future = (self.publisher.publish(topic, data, ordering_key=key, **attrs) if key
+                          else self.publisher.publish(topic, data, **attrs))
         self.outstanding += 1
-        future.add_done_callback(lambda f: self._done.put((f, topic, kind, data, attrs, attempt)))
+        future.add_done_callback(lambda f: self._done.put((f, topic, kind, data, attrs, attempt, key)))
 
     def drain(self, block: bool = False, timeout: float = 600.0) -> None:
         """Handle finished publishes; with ``block``, wait until none is outstanding."""
@@ -165,7 +167,7 @@ class _Confirmer:
                     raise PublishError(f"{self.outstanding} publishes unconfirmed after {timeout:g} s") from None
                 return
             self.outstanding -= 1
-            future, topic, kind, data, attrs, attempt = item
+            future, topic, kind, data, attrs, attempt, key = item
             error = future.exception()
             if error is None:
                 if kind == TRANSACTION:
@@ -179,7 +181,9 @@ class _Confirmer:
                 raise PublishError(f"publishing to {topic} failed{tries}: {name}: {error}") from error
             self.report.retries += 1
             self.sleep(self.backoff * 2 ** (attempt - 1))
-            self.publish(topic, kind, data, attrs, attempt + 1)
+            if key:  # a failure pauses the ordering key until resumed
+                self.publisher.resume_publish(topic, key)
+            self.publish(topic, kind, data, attrs, attempt + 1, key)
 
 
 def publish_dataset(
@@ -196,13 +200,19 @@ def publish_dataset(
     sleep: Callable[[float], None] = time.sleep,
     progress: bool = False,
     max_attempts: int = 5,
+    order_by_customer: bool = False,
+    on_publish: Callable[[int, object], None] | None = None,
 ) -> PublishReport:
     """Publish ``df`` (reference layout) and its labels in publish-time order; wait for every confirmation.
 
     Exactly one of ``speedup`` / ``rate`` paces the stream (see the module docstring). Labels
     are published when ``labels`` is true, ``topics.labels`` is set and ``df`` has ``TX_FRAUD``.
     ``publisher`` needs ``publish(topic, data, **attrs) -> Future``. ``clock``/``sleep``
-    are injected so pacing can be tested without waiting.
+    are injected so pacing can be tested without waiting. ``order_by_customer`` publishes
+    with the customer id as ordering key (the publisher must enable message ordering), so a
+    subscription with ordering delivers each card's events in event-time order.
+    ``on_publish(kind, event)`` is called as each message is handed to the client
+    (``kind`` is :data:`TRANSACTION` or :data:`LABEL`), e.g. to time end-to-end latency.
     """
     if (speedup is None) == (rate is None):
         raise ValueError("exactly one of speedup and rate must be given")
@@ -234,7 +244,10 @@ def publish_dataset(
             if lag > 0:
                 sleep(lag)
             data, attrs = encode(event)
-            confirmer.publish(destination[kind], kind, data, attrs)
+            confirmer.publish(destination[kind], kind, data, attrs,
+                              key=event.customer_id if order_by_customer else "")
+            if on_publish is not None:
+                on_publish(kind, event)
             bar.update(1)
             if confirmer.outstanding >= 1000:
                 confirmer.drain()
@@ -315,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frauds are reported uniformly this many days later (default: 1,7)")
     parser.add_argument("--genuine-delay-days", type=_days, default=7.0, metavar="D",
                         help="genuine outcomes are confirmed D days later (default: %(default)g)")
+    parser.add_argument("--ordering-key", choices=("customer", "none"), default="customer",
+                        help="Pub/Sub ordering key: 'customer' keeps each card's events in order on "
+                             "subscriptions with message ordering (default: %(default)s)")
     parser.add_argument("--limit", type=_count, metavar="N", help="publish only the first N transactions")
     parser.add_argument("--seed", type=int, default=0, help="seed for the label delays (default: %(default)s)")
     parser.add_argument("--create-topics", action="store_true", help="create the topics first if missing")
@@ -322,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_publisher(emulator_host: str | None = None):
+def make_publisher(emulator_host: str | None = None, ordering: bool = False):
     """The CLI's ``PublisherClient``: batches of up to 1000 messages / 1 MB / 50 ms, no ordering,
     at most 20,000 messages (64 MB) in flight (``publish`` blocks beyond). With ``emulator_host``
     it talks to that emulator without credentials; otherwise the library decides
@@ -336,7 +352,7 @@ def make_publisher(emulator_host: str | None = None):
     flow = pubsub_v1.types.PublishFlowControl(
         message_limit=20_000, byte_limit=64 * 1024 * 1024,
         limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)
-    options = pubsub_v1.types.PublisherOptions(enable_message_ordering=False, flow_control=flow)
+    options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordering, flow_control=flow)
     if emulator_host:
         return publisher_client(emulator_host, batch, options)
     return pubsub_v1.PublisherClient(batch, options)
@@ -390,7 +406,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{PROG}: no Pub/Sub emulator answers at {args.emulator_host}", file=sys.stderr)
         return 1
     try:
-        publisher = make_publisher(args.emulator_host)
+        ordered = args.ordering_key == "customer"
+        publisher = make_publisher(args.emulator_host, ordering=ordered)
     except GoogleAuthError as exc:
         print(f"{PROG}: no Pub/Sub credentials ({exc}); pass --emulator-host HOST:PORT for the emulator", file=sys.stderr)
         return 1
@@ -398,7 +415,8 @@ def run(argv: list[str] | None = None) -> int:
         if args.create_topics:
             _create_topics(publisher, paths)
         report = publish_dataset(df, publisher, paths, speedup=args.speedup, rate=args.rate, labels=labels,
-                                 label_delay=delay, seed=args.seed, progress=progress)
+                                 label_delay=delay, seed=args.seed, progress=progress,
+                                 order_by_customer=ordered)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -381,8 +381,12 @@ class PubSubEmulator:
         return self.ensure([], {name: topic}, ack_deadline=ack_deadline)[1][0]
 
     def ensure(self, topics: Iterable[str], subscriptions: Mapping[str, str],
-               ack_deadline: int = 60) -> tuple[list[str], list[str]]:
-        """Create the topics, then the subscriptions ``{subscription: topic}``; idempotent."""
+               ack_deadline: int = 60, ordering: bool = False) -> tuple[list[str], list[str]]:
+        """Create the topics, then the subscriptions ``{subscription: topic}``; idempotent.
+
+        ``ordering`` enables message ordering on the subscriptions: messages published with
+        the same ordering key are delivered in publish order.
+        """
         from google.api_core.exceptions import AlreadyExists
 
         topics = list(dict.fromkeys([*topics, *subscriptions.values()]))
@@ -401,7 +405,7 @@ class PubSubEmulator:
                 try:
                     subscriber.create_subscription(request={
                         "name": self.subscription_path(sub), "topic": self.topic_path(topic),
-                        "ack_deadline_seconds": ack_deadline})
+                        "ack_deadline_seconds": ack_deadline, "enable_message_ordering": ordering})
                 except AlreadyExists:
                     pass
         finally:

@@ -40,12 +40,15 @@ class FakePublisher:
     def __init__(self, clock=None, fail=None, cost: float = 0.0):
         self.clock, self.fail, self.cost = clock, dict(fail or {}), cost
         self.calls: list[tuple[float, str, bytes, dict]] = []
+        self.keys: list[str] = []  # ordering key of each call ("" when none)
+        self.resumed: list[tuple[str, str]] = []
         self.stopped = False
 
-    def publish(self, topic, data, **attrs):
+    def publish(self, topic, data, ordering_key="", **attrs):
         if self.clock is not None:
             self.clock.now += self.cost
         self.calls.append((self.clock() if self.clock else 0.0, topic, data, attrs))
+        self.keys.append(ordering_key)
         future = Future()
         errors = self.fail.get(data)
         if errors:
@@ -53,6 +56,9 @@ class FakePublisher:
         else:
             future.set_result(str(len(self.calls)))
         return future
+
+    def resume_publish(self, topic, ordering_key):
+        self.resumed.append((topic, ordering_key))
 
     def stop(self):
         self.stopped = True
@@ -251,6 +257,29 @@ def test_failed_publish_is_retried_with_backoff():
     assert [c[2] for c in publisher.calls].count(data) == 3
 
 
+def test_ordering_key_is_the_customer_and_a_failed_key_is_resumed_before_retry():
+    df = frame([0, 1, 2], fraud=[0, 1, 0])
+    data = _first_data(df)
+    publisher = FakePublisher(fail={data: [exceptions.ServiceUnavailable("down")]})
+    report = publish_dataset(df, publisher, PATHS, rate=1e9, sleep=lambda s: None, order_by_customer=True)
+    assert report.retries == 1
+    customers = [e.customer_id for e in publisher.events()]
+    assert publisher.keys == customers and all(publisher.keys)
+    assert publisher.resumed == [(PATHS.transactions, customers[0])]
+    unordered = FakePublisher()
+    publish_dataset(df, unordered, PATHS, rate=1e9)
+    assert set(unordered.keys) == {""} and unordered.resumed == []
+
+
+def test_on_publish_sees_every_message_in_order():
+    df = frame([0, 1, 2], fraud=[0, 1, 0])
+    seen = []
+    publisher = FakePublisher()
+    publish_dataset(df, publisher, PATHS, rate=1e9, on_publish=lambda kind, event: seen.append((kind, event)))
+    assert [event for _, event in seen] == publisher.events()
+    assert [kind for kind, _ in seen] == [0, 0, 0, 1, 1, 1]
+
+
 def test_retries_are_bounded():
     df = frame([0])
     data = _first_data(df)
@@ -309,7 +338,7 @@ def test_unreachable_emulator_exits_1(tmp_path, capsys):
 def test_run_publishes_and_prints_one_line(tmp_path, capsys, monkeypatch):
     path = write_table(frame([0, 10, 20, 30], fraud=[0, 1, 0, 0]), tmp_path / "tx.jsonl")
     publisher = FakePublisher()
-    monkeypatch.setattr(publish, "make_publisher", lambda host: publisher)
+    monkeypatch.setattr(publish, "make_publisher", lambda host, ordering=False: publisher)
     assert run(["--input", str(path), "--rate", "1e9", "--limit", "3", "--project", "demo", "--no-progress",
                 "--transactions-topic", "tx", "--labels-topic", "lb"]) == 0
     out = capsys.readouterr().out
@@ -320,7 +349,7 @@ def test_run_publishes_and_prints_one_line(tmp_path, capsys, monkeypatch):
 
 def test_run_without_tx_fraud_notes_and_publishes_transactions(tmp_path, capsys, monkeypatch):
     path = write_table(frame([0, 10]), tmp_path / "tx.parquet")
-    monkeypatch.setattr(publish, "make_publisher", lambda host: FakePublisher())
+    monkeypatch.setattr(publish, "make_publisher", lambda host, ordering=False: FakePublisher())
     assert run(["--input", str(path), "--speedup", "1e6", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == f"streamscore publish: note: '{path}' has no TX_FRAUD column; publishing transactions only\n"
