@@ -1,0 +1,1 @@
+"""The one feature definition (pure Python/numpy: no Beam, gRPC or XGBoost imports) and its executors."""

@@ -1,0 +1,165 @@
+"""The streaming executor: Beam transforms that featurise each transaction as it arrives.
+
+Two keyed stateful stages run the pure per-key state of :mod:`streaming.features.windows`:
+
+1. keyed by customer — :class:`CustomerStateFn` adds the transaction to the customer's
+   :class:`~streaming.features.windows.CustomerState` and emits it with its customer features,
+   re-keyed by terminal. Labels (the ``labels`` topic) pass through this stage unchanged, so
+   labels and transactions reach the next stage along one path, in the order they came;
+2. keyed by terminal — :class:`TerminalStateFn` receives those transactions and labels, keeps a
+   :class:`~streaming.features.windows.TerminalState`, and emits the complete feature vector.
+
+Each transaction is emitted immediately (no waiting for a window to close), with features
+computed from its own event time. There are no event-time windows or timers, so replays of
+old data featurise correctly whatever the runner's watermark does (on the local runner the
+Pub/Sub watermark is the wall clock). State per key is pruned as the windows slide.
+A duplicate delivery of a transaction id, or a transaction later than the allowed
+lateness, goes to the dead-letter output with the reason: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from streaming.events import DeadLetter, Label, Transaction, dead_letter, encode
+from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
+from streaming.features.windows import CustomerState, LateEventError, TerminalState
+
+DEAD_LETTER = "dead_letter"
+STAGE = "features"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_WEEKEND = (5, 6)
+
+
+class FeaturedTransaction(NamedTuple):
+    """A transaction with its feature vector, in ``spec.names`` order."""
+
+    transaction: Transaction
+    features: tuple[float, ...]
+
+
+def time_ns(value: datetime) -> int:
+    """Exact integer nanoseconds since the epoch of an aware datetime."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def transaction_features(tx: Transaction) -> dict[str, float]:
+    """TX_AMOUNT, TX_DURING_WEEKEND, TX_DURING_NIGHT of one transaction (UTC event time)."""
+    t = tx.event_time.astimezone(UTC)
+    return {"TX_AMOUNT": tx.amount, "TX_DURING_WEEKEND": float(t.weekday() in _WEEKEND),
+            "TX_DURING_NIGHT": float(t.hour <= 6)}
+
+
+def _dead(event: Transaction | Label, reason: str) -> DeadLetter:
+    data, attrs = encode(event)
+    return dead_letter(data, attrs, reason, STAGE)
+
+
+@beam.typehints.with_input_types(beam.typehints.KV[str, Any])
+@beam.typehints.with_output_types(beam.typehints.KV[str, Any])
+class CustomerStateFn(beam.DoFn):
+    """(customer_id, Transaction) → (terminal_id, (Transaction, customer features))."""
+
+    STATE = ReadModifyWriteStateSpec("customer", PickleCoder())
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+        self.spec = spec
+        self.allowed_lateness_days = allowed_lateness_days
+        self._duplicates = Metrics.counter(self.__class__, "duplicates")
+        self._late = Metrics.counter(self.__class__, "late")
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        _, tx = element
+        if isinstance(tx, Label):  # labels ride the same path so they keep their order
+            yield tx.terminal_id, tx
+            return
+        current = state.read()
+        if current is None:  # not `or`: a state holding only pending labels has len() == 0
+            current = CustomerState(self.spec, int(self.allowed_lateness_days * DAY_NS))
+        try:
+            features = current.add(tx.transaction_id, time_ns(tx.event_time), tx.amount)
+        except LateEventError as exc:
+            self._late.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead(tx, f"customer {tx.customer_id}: {exc}"))
+            return
+        if features is None:
+            self._duplicates.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead(
+                tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
+            return
+        state.write(current)
+        yield tx.terminal_id, (tx, features)
+
+
+@beam.typehints.with_input_types(beam.typehints.KV[str, Any])
+@beam.typehints.with_output_types(FeaturedTransaction)
+class TerminalStateFn(beam.DoFn):
+    """(terminal_id, (Transaction, customer features) | Label) → :class:`FeaturedTransaction`."""
+
+    STATE = ReadModifyWriteStateSpec("terminal", PickleCoder())
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+        self.spec = spec
+        self.allowed_lateness_days = allowed_lateness_days
+        self._labels = Metrics.counter(self.__class__, "labels")
+        self._late = Metrics.counter(self.__class__, "late")
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        _, value = element
+        current = state.read()
+        if current is None:  # not `or`: a state holding only pending labels has len() == 0
+            current = TerminalState(self.spec, int(self.allowed_lateness_days * DAY_NS))
+        if isinstance(value, Label):
+            self._labels.inc()
+            current.add_label(value.transaction_id, time_ns(value.event_time), value.label)
+            state.write(current)
+            return
+        tx, customer = value
+        try:
+            terminal = current.add_transaction(tx.transaction_id, time_ns(tx.event_time))
+        except LateEventError as exc:
+            self._late.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead(tx, f"terminal {tx.terminal_id}: {exc}"))
+            return
+        if terminal is None:  # the customer stage already dedups; a terminal-only dup is still reported
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead(
+                tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
+            return
+        state.write(current)
+        values = {**transaction_features(tx), **customer, **terminal}
+        yield FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
+
+
+class StreamFeatures(beam.PTransform):
+    """Transactions and labels in; ``{"features": FeaturedTransaction, "dead_letter": DeadLetter}`` out.
+
+    The input is one PCollection of parsed :class:`Transaction` and :class:`Label` events.
+    """
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+        super().__init__()
+        self.spec = spec
+        self.allowed_lateness_days = allowed_lateness_days
+
+    def expand(self, events):
+        customer = (
+            events
+            | "KeyByCustomer" >> beam.Map(lambda event: (event.customer_id, event)).with_output_types(
+                beam.typehints.KV[str, Any])
+            | CustomerStateFn.__name__ >> beam.ParDo(
+                CustomerStateFn(self.spec, self.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
+        )
+        terminal = (
+            customer.main
+            | TerminalStateFn.__name__ >> beam.ParDo(
+                TerminalStateFn(self.spec, self.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
+        )
+        dead = (customer[DEAD_LETTER], terminal[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+        return {"features": terminal.main, "dead_letter": dead}
