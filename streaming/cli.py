@@ -16,7 +16,9 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("streaming.cli:run_simulate", "generate labelled card transactions (Parquet or JSON Lines)"),
     "publish": ("streaming.publish:run", "publish a dataset's transactions, and later its labels, to Pub/Sub"),
-    "featurize": ("streaming.features.batch:run", "batch Beam job: the streaming features, one row per transaction"),
+    "featurize": ("streaming.features.batch:main", "batch Beam job: the streaming features, one row per transaction"),
+    "stream": ("streaming.job:run", "the Beam streaming job (runner flags pass through to Beam)"),
+    "up": ("streaming.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
 }
 
 

@@ -1,0 +1,231 @@
+"""``streamscore stream``: the Beam streaming job.
+
+    transactions ─┐
+                  ├─ ParsePubsubFn ─ StreamFeatures ─ (features topic)
+    labels ───────┘        └─────────────┴──────────── dead-letter topic
+
+Every message read is either featurised or written to the dead-letter topic with the
+reason, the stage and its original bytes and attributes. Runner flags pass through to
+Beam; without ``--runner`` the job runs on the local ``BundleBasedDirectRunner`` in
+streaming mode (never the default DirectRunner, which tries to download Prism first).
+
+Element timestamps are the Pub/Sub publish times unless ``--timestamp-attribute`` is given:
+features use the validated ``event_time`` of each event (which must equal the
+``event_time`` attribute when present), and the job has no windows or timers, so results do
+not depend on the watermark. Reading the timestamp from an attribute makes Beam's reader
+fail on a malformed attribute, which would stop the job instead of dead-lettering one
+message; enable it only for producers you control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+from streaming.events import (
+    DEFAULT_MAX_BYTES,
+    SCHEMA_ATTRIBUTE,
+    SCHEMA_LABEL,
+    SCHEMA_TRANSACTION,
+    EVENT_TIME_ATTRIBUTE,
+    DeadLetter,
+    EventError,
+    dead_letter,
+    encode_dead_letter,
+    format_time,
+    parse,
+)
+from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
+from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures
+
+LOCAL_RUNNER = "BundleBasedDirectRunner"
+SCHEMA_FEATURES = "streamscore.features.v1"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The job's own settings (Beam's options travel separately)."""
+
+    project: str
+    transactions_subscription: str
+    labels_subscription: str | None
+    features_topic: str
+    dead_letter_topic: str
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+    allowed_lateness_days: float = 7.0
+    timestamp_attribute: str | None = None
+
+    @staticmethod
+    def _path(project: str, kind: str, name: str) -> str:
+        return name if name.startswith("projects/") else f"projects/{project}/{kind}/{name}"
+
+    def subscription(self, name: str) -> str:
+        return self._path(self.project, "subscriptions", name)
+
+    def topic(self, name: str) -> str:
+        return self._path(self.project, "topics", name)
+
+
+class ParsePubsubFn(beam.DoFn):
+    """PubsubMessage → Transaction/Label, or a DeadLetter on the ``dead_letter`` output."""
+
+    def __init__(self, expect: str, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.expect = expect
+        self.max_bytes = max_bytes
+        self._invalid = Metrics.counter(self.__class__, "invalid")
+        self._parsed = Metrics.counter(self.__class__, "parsed")
+
+    def process(self, message: PubsubMessage):
+        result = parse(message.data, message.attributes, expect=self.expect, max_bytes=self.max_bytes)
+        if isinstance(result, EventError):
+            self._invalid.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(message.data, message.attributes, result, "parse"))
+        else:
+            self._parsed.inc()
+            yield result
+
+
+def features_message(featured: FeaturedTransaction, spec: FeatureSpec = DEFAULT_SPEC) -> PubsubMessage:
+    """The ``features`` topic message of a featurised transaction."""
+    tx = featured.transaction
+    body = {
+        "transaction_id": tx.transaction_id,
+        "event_time": format_time(tx.event_time),
+        "customer_id": tx.customer_id,
+        "terminal_id": tx.terminal_id,
+        "spec_hash": spec.spec_hash,
+        "features": dict(zip(spec.names, featured.features)),
+    }
+    attrs = {EVENT_TIME_ATTRIBUTE: body["event_time"], SCHEMA_ATTRIBUTE: SCHEMA_FEATURES}
+    return PubsubMessage(orjson.dumps(body), attrs)
+
+
+def dead_letter_message(dead: DeadLetter) -> PubsubMessage:
+    return PubsubMessage(*encode_dead_letter(dead))
+
+
+class ReadEvents(beam.PTransform):
+    """Both subscriptions → one PCollection of parsed events, plus parse dead letters."""
+
+    def __init__(self, config: JobConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, pbegin):
+        config = self.config
+        sources = [("Transactions", config.transactions_subscription, SCHEMA_TRANSACTION)]
+        if config.labels_subscription:
+            sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL))
+        events, dead = [], []
+        for name, subscription, schema in sources:
+            parsed = (
+                pbegin
+                | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(subscription), with_attributes=True,
+                                                  timestamp_attribute=config.timestamp_attribute)
+                | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes)).with_outputs(
+                    DEAD_LETTER, main="events")
+            )
+            events.append(parsed.events)
+            dead.append(parsed[DEAD_LETTER])
+        return {
+            "events": events | "MergeEvents" >> beam.Flatten(),
+            "dead_letter": dead | "MergeParseDeadLetters" >> beam.Flatten(),
+        }
+
+
+class FeaturesJob(beam.PTransform):
+    """The whole streaming job as one transform (tests run it with other runners)."""
+
+    def __init__(self, config: JobConfig, spec: FeatureSpec = DEFAULT_SPEC):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    def expand(self, pbegin):
+        config = self.config
+        read = pbegin | ReadEvents.__name__ >> ReadEvents(config)
+        featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(self.spec, config.allowed_lateness_days)
+        (
+            featured["features"]
+            | "ToFeaturesMessage" >> beam.Map(features_message, self.spec)
+            | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
+        )
+        return (
+            (read["dead_letter"], featured["dead_letter"])
+            | "MergeDeadLetters" >> beam.Flatten()
+            | "ToDeadLetterMessage" >> beam.Map(dead_letter_message)
+            | "WriteDeadLetters" >> WriteToPubSub(config.topic(config.dead_letter_topic), with_attributes=True)
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamscore stream", description=__doc__.splitlines()[0],
+        epilog="Other flags (--runner, --project for Dataflow, --region, ...) pass through to Beam.")
+    parser.add_argument("--project", default="local-project", help="Pub/Sub project (default local-project)")
+    parser.add_argument("--emulator-host", default=None,
+                        help="HOST:PORT of a Pub/Sub emulator (default: $PUBSUB_EMULATOR_HOST, else real Pub/Sub)")
+    parser.add_argument("--transactions-subscription", default="transactions-stream")
+    parser.add_argument("--labels-subscription", default="labels-stream", help="'' to run without labels")
+    parser.add_argument("--features-topic", default="features")
+    parser.add_argument("--dead-letter-topic", default="dead-letter")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--allowed-lateness-days", type=float, default=7.0,
+                        help="how far (event time) behind a key's latest event a transaction may arrive and "
+                             "still be featurised; later ones are dead-lettered (default 7)")
+    parser.add_argument("--timestamp-attribute", default=None,
+                        help="take element timestamps from this attribute (see the module docs), e.g. event_time")
+    return parser
+
+
+def pipeline_options(beam_args: list[str], config: JobConfig) -> PipelineOptions:
+    options = PipelineOptions(beam_args)
+    cloud = options.view_as(GoogleCloudOptions)
+    cloud.project = cloud.project or config.project  # one --project serves Pub/Sub and Dataflow
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if standard.runner is None:
+        standard.runner = LOCAL_RUNNER
+    return options
+
+
+def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
+    """Parse flags and construct (not run) the pipeline."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    if args.max_message_bytes <= 0:
+        raise ValueError(f"--max-message-bytes must be > 0, got {args.max_message_bytes}")
+    if args.emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
+    config = JobConfig(
+        project=args.project, transactions_subscription=args.transactions_subscription,
+        labels_subscription=args.labels_subscription or None, features_topic=args.features_topic,
+        dead_letter_topic=args.dead_letter_topic, max_message_bytes=args.max_message_bytes,
+        allowed_lateness_days=args.allowed_lateness_days, timestamp_attribute=args.timestamp_attribute)
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args, config))
+    _ = pipeline | FeaturesJob.__name__ >> FeaturesJob(config)
+    return pipeline, config
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the streaming job until it is cancelled (Ctrl-C / SIGTERM)."""
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    pipeline, config = build(argv)
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        result.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
