@@ -81,7 +81,8 @@ def test_start_failure_reports_the_log_tail(tmp_path):
 
 def test_start_timeout_kills_the_process_group(tmp_path):
     script = tmp_path / "silent-emulator"
-    script.write_text("#!/bin/sh\nsleep 300 &\nsleep 300\n")  # never answers; has a child
+    marker = f"300.{os.getpid()}{uuid.uuid4().int % 10**6}"  # a duration no other process uses
+    script.write_text(f"#!/bin/sh\nsleep {marker} &\nsleep {marker}\n")  # never answers; has a child
     script.chmod(0o755)
     emulator = PubSubEmulator(binary=script, data_dir=tmp_path / "data", startup_timeout=0.5)
     with pytest.raises(EmulatorError, match=r"did not answer on http://127\.0\.0\.1:\d+/ within 0\.5 s"):
@@ -90,7 +91,7 @@ def test_start_timeout_kills_the_process_group(tmp_path):
     assert log.exists()  # a given data dir is kept
     assert not emulator.running
     sleepers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                if _cmdline(pid) == f"sleep\x00300\x00"]
+                if _cmdline(pid) == f"sleep\x00{marker}\x00"]
     assert sleepers == []
 
 
