@@ -1,11 +1,13 @@
 """Benchmark the producer against a local Pub/Sub emulator.
 
     python -m loadtest.bench_publish [--messages 20000] [--repeat 3] [--labels] [--seed 0]
+                                     [--ordering-key customer|none|both]
 
 Starts an emulator, then per run: fresh topics and check subscriptions, publishes
 ``--messages`` messages with the CLI's client settings (``make_publisher``) as fast as
 possible (``--rate`` 1e12, so no pacing), every publish confirmed; then pulls everything
-back and checks the count. Data comes from the project's simulator. ``--labels`` makes
+back and checks the count. ``--ordering-key`` publishes with per-card ordering keys (the
+CLI's default), without, or both in alternating runs. Data comes from the project's simulator. ``--labels`` makes
 half the messages transactions and half their labels; by default all are transactions.
 Prints one row per run and the median publish rate. Numbers only: no pass/fail thresholds.
 """
@@ -24,7 +26,7 @@ from streaming.publish import TopicPaths, make_publisher, publish_dataset
 from streaming.pubsub_local import PubSubEmulator, pull_all
 from streaming.simulator import simulate
 
-ROW = "{:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}  {}"
+ROW = "{:>4} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}  {}"
 
 
 def transactions(n: int, seed: int) -> pd.DataFrame:
@@ -37,15 +39,15 @@ def transactions(n: int, seed: int) -> pd.DataFrame:
         days *= 2
 
 
-def bench_once(emulator: PubSubEmulator, df: pd.DataFrame, labels: bool, expected: int) -> dict:
+def bench_once(emulator: PubSubEmulator, df: pd.DataFrame, labels: bool, expected: int, ordered: bool) -> dict:
     tag = uuid.uuid4().hex[:8]
     tx_topic, lb_topic = f"bench-tx-{tag}", f"bench-lb-{tag}"
     subs = {f"bench-tx-check-{tag}": tx_topic, f"bench-lb-check-{tag}": lb_topic}
     _, sub_paths = emulator.ensure([tx_topic, lb_topic], subs)
     paths = TopicPaths(emulator.topic_path(tx_topic), emulator.topic_path(lb_topic) if labels else None)
-    publisher = make_publisher(emulator.host_port)
+    publisher = make_publisher(emulator.host_port, ordering=ordered)
     try:
-        report = publish_dataset(df, publisher, paths, rate=1e12, labels=labels)
+        report = publish_dataset(df, publisher, paths, rate=1e12, labels=labels, order_by_customer=ordered)
     finally:
         publisher.stop()
         publisher.transport.close()
@@ -59,7 +61,7 @@ def bench_once(emulator: PubSubEmulator, df: pd.DataFrame, labels: bool, expecte
         subscriber.close()
     return {"published": report.messages, "elapsed": report.elapsed, "rate": report.rate,
             "retries": report.retries, "pulled": pulled, "pull_s": time.monotonic() - start,
-            "ok": report.messages == expected == pulled}
+            "ok": report.messages == expected == pulled, "keys": "customer" if ordered else "none"}
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -68,6 +70,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs (default 3)")
     parser.add_argument("--labels", action="store_true", help="half transactions, half labels")
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    parser.add_argument("--ordering-key", choices=("customer", "none", "both"), default="both",
+                        help="publish with per-card ordering keys, without, or both (default both)")
     args = parser.parse_args(argv)
     if args.messages < 2 or args.repeat < 1:
         parser.error("--messages must be >= 2 and --repeat >= 1")
@@ -80,15 +84,19 @@ def run(argv: list[str] | None = None) -> int:
     rows = []
     with PubSubEmulator() as emulator:
         print(f"emulator at {emulator.host_port}")
-        print(ROW.format("run", "published", "seconds", "msg/s", "retries", "pulled", "pull s", "check"))
-        for i in range(1, args.repeat + 1):
-            row = bench_once(emulator, df, args.labels, expected)
+        print(ROW.format("run", "keys", "published", "seconds", "msg/s", "retries", "pulled", "pull s", "check"))
+        modes = {"customer": [True], "none": [False], "both": [False, True]}[args.ordering_key]
+        runs = [(i, ordered) for i in range(1, args.repeat + 1) for ordered in (modes if i % 2 else modes[::-1])]
+        for i, ordered in runs:  # alternating the order of the variants
+            row = bench_once(emulator, df, args.labels, expected, ordered)
             rows.append(row)
-            print(ROW.format(i, f"{row['published']:,}", f"{row['elapsed']:.2f}", f"{row['rate']:,.0f}",
+            print(ROW.format(i, row["keys"], f"{row['published']:,}", f"{row['elapsed']:.2f}", f"{row['rate']:,.0f}",
                              row["retries"], f"{row['pulled']:,}", f"{row['pull_s']:.2f}",
                              "ok" if row["ok"] else f"MISMATCH (expected {expected:,})"), flush=True)
-    median = statistics.median(r["rate"] for r in rows)
-    print(f"median publish rate: {median:,.0f} msg/s over {len(rows)} runs of {expected:,} messages")
+    for keys in dict.fromkeys(r["keys"] for r in rows):
+        rates = [r["rate"] for r in rows if r["keys"] == keys]
+        print(f"median publish rate, ordering keys {keys}: {statistics.median(rates):,.0f} msg/s "
+              f"over {len(rates)} runs of {expected:,} messages")
     return 0 if all(r["ok"] for r in rows) else 1
 
 
