@@ -1,0 +1,377 @@
+"""Benchmark the gRPC predictor against Seldon MLServer on the same model, with the same client.
+
+    python -m loadtest.bench_predictor [--repeat 3] [--duration 5] [--concurrency 32]
+                                       [--model model.json | --rounds 100 --depth 6] [--json out.json]
+
+1. A model: ``--model`` (an XGBoost model file) or one trained here on synthetic rows with
+   the 15 reference features (``--rounds``, ``--depth``).
+2. The in-process floor: the scoring core alone (no gRPC), one row at a time and in batches.
+3. Our server (``python -m models.predictor.server --model-file``) and MLServer with its
+   XGBoost runtime (from ``.venv-bench``; run ``loadtest/setup_bench_env.sh`` first — the peer
+   is skipped with a message when that venv is absent), both with ``OMP_NUM_THREADS=1``,
+   MLServer with ``parallel_workers=0``.
+4. The same client (``loadtest.grpc_loadgen``) runs every scenario, interleaved across
+   servers and repeated ``--repeat`` times; the table shows medians and ratios to MLServer
+   measured in the same run ("stream C=32 x4": the 32 messages in flight spread over 4
+   ScoreStream calls, as several streaming workers would), plus each server's CPU time per request (from /proc: less
+   sensitive than latency to other jobs on a shared machine). Numbers only: no pass/fail
+   (the targets are printed alongside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.grpc_loadgen import LoadSpec, feature_pool, percentile, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_VENV = ROOT / ".venv-bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(path: Path, rounds: int, depth: int, seed: int = 0) -> None:
+    import xgboost as xgb
+
+    from models.predictor.core import default_feature_names
+
+    X = feature_pool(20_000, seed)
+    rng = np.random.default_rng(seed)
+    logit = 0.02 * X[:, 0] + 3 * X[:, 10] + 2 * X[:, 12] + X[:, 4] - 5 + rng.normal(0, 0.5, len(X))
+    params = {"objective": "binary:logistic", "max_depth": depth, "eta": 0.1, "nthread": 2, "seed": seed}
+    booster = xgb.train(params, xgb.DMatrix(X, (logit > 0).astype(int), feature_names=list(default_feature_names())),
+                        rounds)
+    booster.save_model(str(path))
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def in_process_floor(model_path: Path, n: int = 20_000) -> dict:
+    """The scoring core without gRPC: score_one latency and score_many rows/s, per backend."""
+    import xgboost as xgb
+
+    from models.predictor.core import Model, Scorer
+
+    booster = xgb.Booster(model_file=str(model_path))
+    rows = feature_pool(1024, seed=1)
+    out = {}
+    for backend in ("native", "xgboost"):
+        scorer = Scorer()
+        scorer.swap(Model.from_booster(booster, "floor", scorer.feature_names, backend=backend))
+        values = [r.tolist() for r in rows]
+        for v in values[:200]:
+            scorer.score_one(v)
+        lat = []
+        for i in range(n if backend == "native" else n // 4):
+            t0 = time.perf_counter()
+            scorer.score_one(values[i % 1024])
+            lat.append(time.perf_counter() - t0)
+        lat.sort()
+        batch = np.ascontiguousarray(np.vstack([rows] * 4)[:256])
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 1.0:
+            scorer.score_many(batch)
+            k += 1
+        out[backend] = {"score_one_p50_us": percentile(lat, 50) * 1e6, "score_one_p99_us": percentile(lat, 99) * 1e6,
+                        "score_many_rows_per_s": k * len(batch) / (time.perf_counter() - t0)}
+        if backend == "native":
+            out[backend]["servicer_p50_us"] = _servicer_floor(scorer, rows)
+        scorer.close()
+    return out
+
+
+def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
+    """Scorer.Score's servicer (message in, message out, metrics) called directly: no gRPC."""
+    import asyncio
+
+    from models.predictor.metrics import Telemetry
+    from models.predictor.service import ScorerService
+    from protos.streamscore.v1 import scorer_pb2
+
+    class Context:
+        def time_remaining(self):
+            return None
+
+    service, context = ScorerService(scorer, Telemetry()), Context()
+    requests = [scorer_pb2.ScoreRequest(transaction_id=f"t{i}", features=scorer_pb2.FeatureVector(values=r))
+                for i, r in enumerate(rows)]
+
+    async def main() -> float:
+        lat = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await service.Score(requests[i % len(requests)], context)
+            lat.append(time.perf_counter() - t0)
+        lat.sort()
+        return percentile(lat, 50) * 1e6
+
+    return asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def _wait_ready(target: str, model: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import grpc
+
+    from protos.kserve.v2 import grpc_predict_v2_pb2 as pb
+    from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+            with contextlib.suppress(grpc.RpcError):
+                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
+                    return
+            time.sleep(0.2)
+    raise RuntimeError(f"{target} not ready after {timeout:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Running(str):
+    """A server's target address that also knows the server's pid (and metrics URL, if any)."""
+
+    pid: int
+    metrics: str | None = None
+
+    def __new__(cls, target: str, pid: int):
+        obj = super().__new__(cls, target)
+        obj.pid = pid
+        return obj
+
+
+def batch_rows(metrics_url: str | None) -> tuple[float, float] | None:
+    """(sum, count) of ``streamscore_predictor_batch_rows`` from our server's /metrics."""
+    if not metrics_url:
+        return None
+    import urllib.request
+
+    values = {}
+    with contextlib.suppress(OSError):
+        for line in urllib.request.urlopen(metrics_url, timeout=5).read().decode().splitlines():
+            for key in ("streamscore_predictor_batch_rows_sum", "streamscore_predictor_batch_rows_count"):
+                if line.startswith(key + " "):
+                    values[key] = float(line.split()[1])
+    if len(values) != 2:
+        return None
+    return values["streamscore_predictor_batch_rows_sum"], values["streamscore_predictor_batch_rows_count"]
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+@contextlib.contextmanager
+def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str = "streamscore"):
+    port, metrics_port = _free_port(), _free_port()
+    log = open(log_dir / f"{name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--model-file", str(model_path),
+                             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+                             "--log-level", "WARNING", *extra],
+                            cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(f"127.0.0.1:{port}", "production", proc)
+        running = Running(f"127.0.0.1:{port}", proc.pid)
+        running.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield running
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def mlserver(model_path: Path, log_dir: Path, venv: Path):
+    """Seldon MLServer + mlserver-xgboost on ``model_path``, model name ``production``."""
+    models = log_dir / "mlserver"
+    (models / "production").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, models / "production" / "model.json")
+    grpc_port, http_port, metrics_port = _free_port(), _free_port(), _free_port()
+    (models / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port,
+        "parallel_workers": 0, "debug": False, "metrics_endpoint": None}))
+    (models / "production" / "model-settings.json").write_text(json.dumps({
+        "name": "production", "implementation": "mlserver_xgboost.XGBoostModel",
+        "parameters": {"uri": "./model.json", "version": "v1"}}))
+    log = open(log_dir / "mlserver.log", "w")
+    env = {**_env(), "PYTHONPATH": ""}
+    proc = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(models)], cwd=models, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(f"127.0.0.1:{grpc_port}", "production", proc)
+        yield Running(f"127.0.0.1:{grpc_port}", proc.pid)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def scenarios(concurrency: int, xgboost: bool = False) -> list[tuple[str, str, dict]]:
+    """(name, server, LoadSpec fields). Server "ours", "ours-xgb" (XGBoost backend) or "mlserver"."""
+    seq = dict(concurrency=1)
+    closed = dict(concurrency=concurrency)
+    return [
+        ("unary sequential", "ours", dict(protocol="scorer", **seq)),
+        ("kserve sequential", "ours", dict(protocol="kserve", **seq)),
+        ("kserve sequential", "mlserver", dict(protocol="kserve", **seq)),
+        (f"unary C={concurrency}", "ours", dict(protocol="scorer", **closed)),
+        (f"stream C={concurrency}", "ours", dict(protocol="scorer", mode="stream", **closed)),
+        (f"stream C={concurrency} x4", "ours", dict(protocol="scorer", mode="stream", streams=4, **closed)),
+        (f"kserve C={concurrency}", "ours", dict(protocol="kserve", **closed)),
+        (f"kserve C={concurrency}", "mlserver", dict(protocol="kserve", **closed)),
+    ] + ([
+        ("unary sequential", "ours-xgb", dict(protocol="scorer", **seq)),
+        (f"stream C={concurrency} x4", "ours-xgb", dict(protocol="scorer", mode="stream", streams=4, **closed)),
+        (f"kserve C={concurrency}", "ours-xgb", dict(protocol="kserve", **closed)),
+    ] if xgboost else [])
+
+
+def _median_result(results: list[dict]) -> dict:
+    keys = ("p50", "p90", "p99", "p99.9", "max")
+    cpu = [r["server_cpu_us_per_request"] for r in results if r.get("server_cpu_us_per_request") is not None]
+    batch = [r["mean_batch_rows"] for r in results if "mean_batch_rows" in r]
+    return {"throughput_rps": statistics.median(r["throughput_rps"] for r in results),
+            "rows_per_predict": statistics.median(batch) if batch else float("nan"),
+            "server_cpu_us": statistics.median(cpu) if cpu else float("nan"),
+            **{k: statistics.median(r["latency_ms"][k] for r in results) for k in keys},
+            "errors": sum(sum(r["errors"].values()) for r in results), "runs": len(results)}
+
+
+def format_table(medians: dict, concurrency: int, floor: dict) -> str:
+    peer_seq = medians.get(("kserve sequential", "mlserver"))
+    peer_tput = medians.get((f"kserve C={concurrency}", "mlserver"))
+    lines = [f"{'scenario':<22} {'server':<9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'req/s':>9} "
+             f"{'CPU us/req':>10} {'rows/pred':>9} {'errors':>6}  vs MLServer"]
+    for (name, server), m in medians.items():
+        if server == "mlserver":
+            ratio = "1.00x (peer)"
+        elif "sequential" in name and peer_seq:
+            ratio = f"p50 {peer_seq['p50'] / m['p50']:.2f}x faster, p99 {peer_seq['p99'] / m['p99']:.2f}x"
+        elif peer_tput:
+            ratio = f"{m['throughput_rps'] / peer_tput['throughput_rps']:.2f}x throughput"
+        else:
+            ratio = "(no peer)"
+        lines.append(f"{name:<22} {server:<9} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['p99.9']:>9.3f} "
+                     f"{m['throughput_rps']:>9,.0f} {m['server_cpu_us']:>10.0f} {m['rows_per_predict']:>9.1f} "
+                     f"{m['errors']:>6}  {ratio}")
+    lines.append("in-process floor (scoring core, no gRPC):")
+    for backend, f in floor.items():
+        lines.append(f"  {backend:<8} score_one p50 {f['score_one_p50_us']:.1f} us, p99 {f['score_one_p99_us']:.1f} us; "
+                     f"score_many(256 rows) {f['score_many_rows_per_s']:,.0f} rows/s")
+        if "servicer_p50_us" in f:
+            lines.append(f"  {'':<8} Scorer.Score servicer called directly (request message -> response message): "
+                         f"p50 {f['servicer_p50_us']:.1f} us")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_predictor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="XGBoost model file (default: train one here)")
+    parser.add_argument("--rounds", type=int, default=100, help="trees of the trained model (default 100)")
+    parser.add_argument("--depth", type=int, default=6, help="max depth of the trained model (default 6)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of every scenario (default 3; medians shown)")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run (default 1)")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop requests in flight (default 32)")
+    parser.add_argument("--bench-venv", type=Path, default=BENCH_VENV, help="venv with MLServer (.venv-bench)")
+    parser.add_argument("--skip-peer", action="store_true", help="do not start MLServer")
+    parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--event-loop asyncio'")
+    parser.add_argument("--xgboost-backend", action="store_true",
+                        help="also run our server with --backend xgboost (micro-batching at work)")
+    parser.add_argument("--json", type=Path, help="write every run and the medians here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-predictor-") as tmp:
+        tmp = Path(tmp)
+        model = args.model
+        if model is None:
+            model = tmp / "model.json"
+            _train(model, args.rounds, args.depth)
+            print(f"trained a model: {args.rounds} trees of depth {args.depth}, 15 features")
+        floor = in_process_floor(model)
+        peer = not args.skip_peer and (args.bench_venv / "bin" / "mlserver").exists()
+        if not args.skip_peer and not peer:
+            print(f"MLServer peer skipped: {args.bench_venv}/bin/mlserver not found "
+                  f"(run loadtest/setup_bench_env.sh to create it)")
+        plan = [s for s in scenarios(args.concurrency, args.xgboost_backend) if peer or s[1] != "mlserver"]
+        results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
+        with contextlib.ExitStack() as stack:
+            targets = {"ours": stack.enter_context(our_server(model, tmp, args.server_args.split()))}
+            if args.xgboost_backend:
+                targets["ours-xgb"] = stack.enter_context(
+                    our_server(model, tmp, [*args.server_args.split(), "--backend", "xgboost"], "streamscore-xgb"))
+            if peer:
+                targets["mlserver"] = stack.enter_context(mlserver(model, tmp, args.bench_venv))
+            for r in range(args.repeat):
+                # Rotate the order every repeat so no scenario always runs after the same neighbour.
+                for name, server, fields in plan[r % len(plan):] + plan[:r % len(plan)]:
+                    spec = LoadSpec(target=str(targets[server]), duration=args.duration, warmup=args.warmup, **fields)
+                    cpu0, batches0 = cpu_seconds(targets[server].pid), batch_rows(targets[server].metrics)
+                    result = run_load(spec)
+                    cpu1, batches1 = cpu_seconds(targets[server].pid), batch_rows(targets[server].metrics)
+                    if batches0 and batches1 and batches1[1] > batches0[1]:
+                        result["mean_batch_rows"] = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
+                    total = result["requests"] + result.get("warmup_requests", 0)
+                    result["server_cpu_us_per_request"] = ((cpu1 - cpu0) / total * 1e6
+                                                           if cpu0 is not None and cpu1 is not None and total else None)
+                    results[(name, server)].append(result)
+                    print(f"[{r + 1}/{args.repeat}] {name:<20} {server:<9} p50 {result['latency_ms']['p50']:.3f} ms  "
+                          f"p99 {result['latency_ms']['p99']:.3f} ms  {result['throughput_rps']:,.0f} req/s  "
+                          f"server CPU {result['server_cpu_us_per_request'] or float('nan'):.0f} us/req  "
+                          f"rows/predict {result.get('mean_batch_rows', float('nan')):.1f}  "
+                          f"errors {sum(result['errors'].values())}", flush=True)
+        medians = {key: _median_result(runs) for key, runs in results.items()}
+    print()
+    print(f"medians of {args.repeat} runs x {args.duration:g} s, {os.cpu_count()} cores, OMP_NUM_THREADS=1 servers:")
+    print(format_table(medians, args.concurrency, floor))
+    print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "
+          f"throughput at C={args.concurrency}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "floor": floor, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
+            "runs": {f"{n} | {s}": runs for (n, s), runs in results.items()}}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,255 @@
+"""Model lifecycle: follow the registry's ``production`` alias and hot-swap without a failed request.
+
+:class:`ModelWatcher` polls the alias. When it moves (promote or rollback) the new version is
+loaded off the event loop, verified, warmed up and only then swapped in with one reference
+assignment (:meth:`Scorer.swap`): requests in flight finish on the old model, the next
+batch uses the new one. A version that fails any step is refused — the old model keeps
+serving, the refusal is logged and counted, and it is retried only after
+``retry_refused`` seconds (versions are immutable, so retrying sooner cannot help).
+
+Steps of :func:`load_model`:
+
+1. the registry loads the version, verifying every file's sha256 (corrupt -> refused);
+2. the model's feature-spec hash must equal the predictor's (another spec -> refused);
+3. its feature names and count must be the scorer's;
+4. warm-up: score a fixed set of rows through the chosen backend; every score must be finite
+   (and in [0, 1] for probabilities), and a native backend must agree with XGBoost to 1e-6
+   (with ``--backend auto`` a disagreeing native backend is replaced by XGBoost, not refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.predictor.backends import XGBoostBackend
+from models.predictor.core import Model, Scorer
+from models.predictor.errors import ModelRejected
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-6
+
+
+def default_spec_hash() -> str:
+    from streaming.features.spec import DEFAULT_SPEC
+
+    return DEFAULT_SPEC.spec_hash
+
+
+class ModelSource(Protocol):
+    """Where versions come from: the registry (:class:`RegistrySource`) or a test double."""
+
+    def production_version(self) -> str | None:
+        """The version the ``production`` alias points at, or None when there is none yet."""
+
+    def load(self, version: str) -> tuple[Any, Mapping[str, Any]]:
+        """``(xgboost.Booster, metadata)`` of a version, files verified; raises when it cannot."""
+
+
+class RegistrySource:
+    """:class:`ModelSource` over :class:`models.registry.Registry` (a directory or ``gs://`` prefix).
+
+    The registry's ``load`` verifies every file's sha256 and the feature-spec hash; its errors
+    (``IntegrityError``, ``SpecMismatchError``, ...) become refusals in :func:`load_model`.
+    """
+
+    def __init__(self, location: str | Path, spec_hash: str | None = None):
+        from models.registry import Registry
+
+        self.location = location
+        self.spec_hash = spec_hash or default_spec_hash()
+        self._registry = Registry.open(location)
+
+    def production_version(self) -> str | None:
+        return self._registry.alias()["version"]
+
+    def load(self, version: str) -> tuple[Any, Mapping[str, Any]]:
+        loaded = self._registry.load(version, expected_spec_hash=self.spec_hash)
+        return loaded.booster, loaded.metadata
+
+
+class FileSource:
+    """:class:`ModelSource` over one XGBoost model file (``serve --model-file``: benchmarks, debugging).
+
+    The version is ``file-`` + the first 12 hex digits of the file's sha256, so replacing the
+    file is picked up like a promotion. There is no registry metadata: the operator vouches
+    for the feature spec (the spec hash is taken as the predictor's own).
+    """
+
+    def __init__(self, path: str | Path, spec_hash: str | None = None):
+        self.path = Path(path)
+        self.spec_hash = spec_hash or default_spec_hash()
+        self._seen: tuple[tuple[int, int], str] | None = None  # ((mtime_ns, size), version)
+
+    def production_version(self) -> str | None:
+        import hashlib
+
+        try:
+            stat = self.path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._seen is not None and self._seen[0] == key:
+                return self._seen[1]  # unchanged since the last poll: no need to hash it again
+            version = "file-" + hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        except FileNotFoundError:
+            return None
+        self._seen = (key, version)
+        return version
+
+    def load(self, version: str) -> tuple[Any, Mapping[str, Any]]:
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(self.path))
+        return booster, {"spec_hash": self.spec_hash, "source": str(self.path)}
+
+
+def _spec_hash_of(metadata: Mapping[str, Any]) -> str | None:
+    """The registry records ``feature_spec_hash``; plain ``spec_hash`` is accepted too."""
+    value = metadata.get("feature_spec_hash")
+    return metadata.get("spec_hash") if value is None else value
+
+
+def warm_up_rows(n_features: int, seed: int = 0) -> np.ndarray:
+    """Fixed rows that reach many leaves: zeros, small and large magnitudes."""
+    rng = np.random.default_rng(seed)
+    rows = [np.zeros((1, n_features)), rng.exponential(1.0, (31, n_features)),
+            rng.exponential(100.0, (32, n_features)), rng.uniform(0, 1, (64, n_features))]
+    return np.ascontiguousarray(np.vstack(rows))
+
+
+def load_model(source: ModelSource, version: str, *, feature_names: tuple[str, ...], spec_hash: str | None,
+               backend: str = "auto") -> Model:
+    """Load, verify and warm up ``version``; raise :class:`ModelRejected` saying why not."""
+    try:
+        booster, metadata = source.load(version)
+    except Exception as exc:  # noqa: BLE001 - whatever the registry raises, the answer is "refused"
+        raise ModelRejected(f"version {version} could not be loaded: {exc}") from exc
+    model_hash = _spec_hash_of(metadata)
+    if spec_hash is not None and model_hash != spec_hash:
+        raise ModelRejected(f"version {version} was built for feature spec {str(model_hash)[:12]}…, this predictor "
+                            f"computes spec {spec_hash[:12]}…: refusing to serve it")
+    names = tuple(metadata.get("feature_names") or booster.feature_names or feature_names)
+    if names != tuple(feature_names):
+        raise ModelRejected(f"version {version} expects features {list(names)}, the predictor has "
+                            f"{list(feature_names)}")
+    if booster.num_features() != len(feature_names):
+        raise ModelRejected(f"version {version} has {booster.num_features()} inputs, expected {len(feature_names)}")
+    try:
+        model = Model.from_booster(booster, version, feature_names, backend=backend, spec_hash=model_hash,
+                                   metadata=metadata)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelRejected(f"version {version}: no usable {backend} backend: {exc}") from exc
+    try:
+        warm_up(model, booster)
+    except ModelRejected as exc:
+        if backend != "auto" or isinstance(model.backend, XGBoostBackend):
+            raise
+        log.warning("%s; serving it with XGBoost instead", exc.message)
+        model = Model(version, XGBoostBackend(booster), tuple(feature_names), model_hash, dict(metadata))
+        warm_up(model, booster)
+    return model
+
+
+def warm_up(model: Model, booster) -> None:
+    """Run the model once on fixed rows; refuse it when the scores are not sane."""
+    X = warm_up_rows(len(model.feature_names))
+    for n in (1, 8, len(X)):
+        scores = model.predict(X[:n])
+        if scores.shape != (n,) or not np.isfinite(scores).all():
+            raise ModelRejected(f"version {model.version} warm-up produced non-finite scores")
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    if "logistic" in objective and ((scores < 0).any() or (scores > 1).any()):
+        raise ModelRejected(f"version {model.version} warm-up produced probabilities outside [0, 1]")
+    if not isinstance(model.backend, XGBoostBackend):
+        reference = XGBoostBackend(booster).predict(X)
+        worst = float(np.max(np.abs(reference - scores)))
+        if not math.isfinite(worst) or worst > PARITY_TOLERANCE:
+            raise ModelRejected(f"version {model.version}: the {model.backend.name} backend differs from XGBoost "
+                                f"by {worst:.3g} (> {PARITY_TOLERANCE:g}); use --backend xgboost")
+
+
+class ModelWatcher:
+    """Keep ``scorer`` on the version the production alias points at."""
+
+    def __init__(self, scorer: Scorer, source: ModelSource | str | Path, *, poll_interval: float = 2.0,
+                 backend: str = "auto", spec_hash: str | None = None, telemetry=None,
+                 on_swap: Callable[[Model], Awaitable[None] | None] | None = None,
+                 retry_refused: float = 60.0, keep: int = 2, clock: Callable[[], float] = time.monotonic):
+        self.scorer = scorer
+        self.spec_hash = spec_hash or default_spec_hash()
+        self.source = RegistrySource(source, self.spec_hash) if isinstance(source, (str, Path)) else source
+        self.poll_interval = poll_interval
+        self.backend = backend
+        self.telemetry = telemetry
+        self.on_swap = on_swap
+        self.retry_refused = retry_refused
+        self.clock = clock
+        self.refused: dict[str, tuple[str, float]] = {}  # version -> (reason, when)
+        self._recent: collections.OrderedDict[str, Model] = collections.OrderedDict()
+        self._keep = keep
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - a bug here must not stop the polling (or the serving)
+                log.exception("model watcher: unexpected error; the current model keeps serving")
+            await asyncio.sleep(self.poll_interval)
+
+    async def check(self) -> str:
+        """One poll: ``"loaded"``, ``"unchanged"``, ``"absent"``, ``"refused"`` or ``"error"``."""
+        try:
+            version = await asyncio.to_thread(self.source.production_version)
+        except Exception as exc:  # noqa: BLE001 - a registry hiccup must not stop serving
+            log.warning("could not read the production alias: %s", exc)
+            return "error"
+        if version is None:
+            return "absent"
+        current = self.scorer.model
+        if current is not None and current.version == version:
+            return "unchanged"
+        refused = self.refused.get(version)
+        if refused is not None and self.clock() - refused[1] < self.retry_refused:
+            return "refused"
+        model = self._recent.get(version)
+        if model is None:
+            try:
+                model = await asyncio.to_thread(load_model, self.source, version, spec_hash=self.spec_hash,
+                                                feature_names=self.scorer.feature_names, backend=self.backend)
+            except ModelRejected as exc:
+                self.refused[version] = (exc.message, self.clock())
+                log.error("refusing version %s (still serving %s): %s", version,
+                          current.version if current else "nothing", exc.message)
+                if self.telemetry is not None:
+                    self.telemetry.reload("refused")
+                return "refused"
+        self.scorer.swap(model)
+        self.refused.pop(version, None)
+        if current is not None:
+            self._remember(current)
+        self._remember(model)
+        log.info("serving version %s (%s backend), was %s", version, model.backend.name,
+                 current.version if current else "nothing")
+        if self.telemetry is not None:
+            self.telemetry.reload("loaded")
+        if self.on_swap is not None:
+            result = self.on_swap(model)
+            if asyncio.iscoroutine(result):
+                await result
+        return "loaded"
+
+    def _remember(self, model: Model) -> None:
+        """Keep the last few models so a rollback is instant (they are immutable)."""
+        self._recent[model.version] = model
+        self._recent.move_to_end(model.version)
+        while len(self._recent) > self._keep:
+            self._recent.popitem(last=False)

@@ -1,0 +1,1 @@
+"""Generated code for the KServe v2 / Open Inference Protocol (``protos/kserve/v2``)."""

@@ -1,0 +1,77 @@
+"""The streaming benchmark's arithmetic and parsing (the benchmark itself needs the emulator and minutes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loadtest import bench_stream as bs
+
+
+def test_steady_rate_counts_outputs_between_the_quantiles():
+    times = [float(t) for t in range(11)]  # one output a second
+    assert bs.steady_rate(times) == pytest.approx(1.0)
+    assert bs.steady_rate(list(reversed(times))) == pytest.approx(1.0)  # order does not matter
+    # a slow start and a slow tail are left out: 10 outputs at 0.1 s spacing between two long gaps
+    burst = [0.0] + [10 + i / 10 for i in range(100)] + [100.0]
+    assert bs.steady_rate(burst) == pytest.approx(10.0, rel=0.02)
+    assert bs.steady_rate(burst, 0.0, 1.0) == pytest.approx(101 / 100)
+
+
+def test_steady_rate_edge_cases():
+    assert math.isnan(bs.steady_rate([]))
+    assert math.isnan(bs.steady_rate([1.0]))
+    assert bs.steady_rate([2.0, 2.0, 2.0]) == math.inf
+    with pytest.raises(ValueError):
+        bs.steady_rate([1.0, 2.0], 0.9, 0.1)
+
+
+def test_cpu_per_message_uses_the_same_span():
+    times = [float(t) for t in range(11)]
+    cpu = [(0.0, 0.0), (10.0, 5.0)]  # 0.5 CPU s per wall s
+    assert bs.cpu_per_message(times, cpu) == pytest.approx(0.5)  # one output per wall second
+    assert bs.interpolate(cpu, -1) == 0.0 and bs.interpolate(cpu, 99) == 5.0
+    assert bs.interpolate(cpu, 4.0) == pytest.approx(2.0)
+    assert math.isnan(bs.cpu_per_message(times, [(0.0, 1.0)]))
+
+
+def test_proc_parsers():
+    status = "Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t  251904 kB\nVmRSS:\t  250000 kB\n"
+    assert bs.proc_status_kib(status, "VmHWM") == 251904
+    assert bs.proc_status_kib(status, "VmSwap") is None
+    stat = "1234 (python -m x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 77 0"
+    assert bs.proc_stat_cpu_ticks(stat) == 300
+
+
+def test_own_process_is_readable():
+    import os
+
+    assert bs.peak_rss_mib(os.getpid()) > 1
+    assert bs.cpu_seconds(os.getpid()) > 0
+
+
+def test_variants_parse_and_alternate():
+    assert bs.parse_variant("features") == bs.Variant("features", "features")
+    v = bs.parse_variant("lean-pull100-wait1")
+    assert (v.base, v.pull_size, v.pull_timeout, v.patched) == ("lean", 100, 1.0, True)
+    assert not bs.parse_variant("bare").patched
+    for bad in ("nope", "features-pull0", "features-x", "features-wait0"):
+        with pytest.raises(ValueError):
+            bs.parse_variant(bad)
+    assert bs.variant_order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert bs.variant_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+def test_baseline_is_the_bare_run_with_the_same_patch():
+    variants = [bs.parse_variant(n) for n in ("bare", "features", "bare-pull100", "features-pull100", "lean-wait1")]
+    by = {v.name: v for v in variants}
+    assert bs.baseline_of(by["features"], variants).name == "bare"
+    assert bs.baseline_of(by["features-pull100"], variants).name == "bare-pull100"
+    assert bs.baseline_of(by["lean-wait1"], variants).name == "bare"  # no bare-wait1: plain bare
+    assert bs.baseline_of(by["bare-pull100"], variants) is None
+
+
+def test_median_ignores_missing_values():
+    assert bs.median([3.0, math.nan, 1.0, 2.0]) == 2.0
+    assert math.isnan(bs.median([math.nan]))
