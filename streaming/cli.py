@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "featurize": ("streaming.features.batch:main", "batch Beam job: the streaming features, one row per transaction"),
     "stream": ("streaming.job:run", "the Beam streaming job (runner flags pass through to Beam)"),
     "up": ("streaming.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
+    "train": ("models.training:run", "train XGBoost on a feature table, model selection on validation folds only"),
+    "evaluate": ("models.cli_eval:run", "AUC, AP, card precision@100 under the handbook's protocols; JSON + HTML"),
+    "registry": ("models.registry:run", "model versions and the production alias: list | show | promote | rollback"),
+    "serve": ("models.predictor.server:run", "the gRPC predictor (Scorer, KServe v2, health, reflection)"),
+    "loadtest": ("loadtest.cli:run", "load tests: `loadtest grpc ...`"),
 }
 
 
@@ -27,29 +32,28 @@ def _load(target: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module), func)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamscore",
-        description="Streaming real-time card-fraud scoring.",
-        epilog="Run `streamscore COMMAND --help` for a command's options.",
-    )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
-                        help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
-    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    return parser
+def select(prog: str, description: str, commands: dict[str, tuple[str, str]],
+           argv: list[str]) -> tuple[str, Callable[[list[str]], int], list[str]]:
+    """Pick ``argv[0]`` among ``commands`` (name -> ("module:function", help)); return (name, run, rest)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     epilog=f"Run `{prog} COMMAND --help` for a command's options.")
+    parser.add_argument("command", choices=sorted(commands), metavar="COMMAND",
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in commands.items()))
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    return args.command, _load(commands[args.command][0]), argv[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
-    run = _load(COMMANDS[args.command][0])
+    command, run, rest = select("streamscore", "Streaming real-time card-fraud scoring.", COMMANDS, argv)
     try:
-        return int(run(argv[1:]) or 0)
+        return int(run(rest) or 0)
     except KeyboardInterrupt:
-        print(f"streamscore {args.command}: interrupted", file=sys.stderr)
+        print(f"streamscore {command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError) as exc:  # DatasetError and friends: one line, no traceback
-        print(f"streamscore {args.command}: {exc}", file=sys.stderr)
+        print(f"streamscore {command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,14 @@
+"""``streamscore loadtest <kind>``: dispatch to the load generators (each has its own ``--help``)."""
+
+from __future__ import annotations
+
+from streaming.cli import select
+
+KINDS = {
+    "grpc": ("loadtest.grpc_loadgen:run", "closed/open-loop gRPC load against the predictor (Scorer or KServe v2)"),
+}
+
+
+def run(argv: list[str] | None = None) -> int:
+    _, run_kind, rest = select("streamscore loadtest", __doc__.splitlines()[0], KINDS, list(argv or []))
+    return int(run_kind(rest) or 0)
