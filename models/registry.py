@@ -46,6 +46,11 @@ METADATA_FILE = "metadata.json"
 SEAL_FILE = METADATA_FILE + ".sha256"
 PRODUCTION = "production"
 FORMAT = "xgboost-ubj"
+#: Online (River) snapshots: a pickle, checksummed like every file, behind the ``online`` alias.
+ONLINE = "online"
+ONLINE_FILE = "model.pkl"
+ONLINE_FORMAT = "river-pickle"
+ALIAS_LOG_LIMIT = 1000
 
 
 class RegistryError(Exception):
@@ -312,20 +317,32 @@ class Registry:
         ``metadata`` needs ``feature_names``; the registry adds the version id, created-at,
         code version, spec hash, formats and the sha256 of every file.
         """
-        if not isinstance(spec_hash, str) or len(spec_hash) != 64:
-            raise ValueError(f"spec_hash must be a 64-character sha256 hex digest, got {spec_hash!r}")
-        names = metadata.get("feature_names")
-        if not names:
-            raise ValueError("metadata must list the model's feature_names in input order")
         import xgboost as xgb
 
         files = {MODEL_FILE: bytes(booster.save_raw(raw_format="ubj"))}
         for name, data in (extra_files or {}).items():
-            if name in (MODEL_FILE, METADATA_FILE, SEAL_FILE) or "/" in name or name.startswith("."):
+            if name in (MODEL_FILE, ONLINE_FILE, METADATA_FILE, SEAL_FILE) or "/" in name or name.startswith("."):
                 raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
             files[name] = bytes(data)
+        return self._store(files, metadata, spec_hash, {"format": FORMAT, "xgboost_version": xgb.__version__})
+
+    def register_online(self, snapshot: bytes, metadata: dict, *, spec_hash: str) -> str:
+        """Store an online (River) model snapshot as a version and point the ``online`` alias at it.
+
+        The snapshot is a pickle made by :meth:`models.online.OnlineLearner.snapshot`; like every
+        file it is checksummed, and :meth:`load_online` verifies it before unpickling.
+        """
+        version = self._store({ONLINE_FILE: bytes(snapshot)}, metadata, spec_hash, {"format": ONLINE_FORMAT})
+        self._move(ONLINE, lambda state: ("snapshot", version), history=False)
+        return version
+
+    def _store(self, files: dict[str, bytes], metadata: dict, spec_hash: str, extra: dict) -> str:
+        if not isinstance(spec_hash, str) or len(spec_hash) != 64:
+            raise ValueError(f"spec_hash must be a 64-character sha256 hex digest, got {spec_hash!r}")
+        if not metadata.get("feature_names"):
+            raise ValueError("metadata must list the model's feature_names in input order")
         created = self._clock().astimezone(dt.UTC)
-        body = {**metadata, "feature_spec_hash": spec_hash, "format": FORMAT, "xgboost_version": xgb.__version__,
+        body = {**metadata, "feature_spec_hash": spec_hash, **extra,
                 "code_version": code_version(), "created_at": created.isoformat(timespec="milliseconds"),
                 "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}}
         version = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z-{sha256(_canonical(body))[:10]}"
@@ -398,6 +415,24 @@ class Registry:
         booster.load_model(bytearray(files[MODEL_FILE]))
         return LoadedModel(version, booster, meta)
 
+    def load_online(self, ref: str = ONLINE, *, expected_spec_hash: str):
+        """The online learner behind the ``online`` alias (or a version id) as ``(version, OnlineLearner)``,
+        after verifying checksums and the spec hash; ``None`` when no snapshot exists yet."""
+        from models.online import OnlineLearner
+
+        version = self.alias(ONLINE)["version"] if ref == ONLINE else ref
+        if version is None:
+            return None
+        self._check_exists(version)
+        meta = self.metadata(version)
+        if meta.get("format") != ONLINE_FORMAT:
+            raise RegistryError(f"version {version} has format {meta.get('format')!r}, expected {ONLINE_FORMAT!r}")
+        if meta.get("feature_spec_hash") != expected_spec_hash:
+            raise SpecMismatchError(f"online model version {version} was trained on features with spec hash "
+                                    f"{str(meta.get('feature_spec_hash'))[:12]}…, but the features here have spec hash "
+                                    f"{expected_spec_hash[:12]}…")
+        return version, OnlineLearner.restore(self.verify(version)[ONLINE_FILE])
+
     def _check_exists(self, version: str) -> None:
         if not isinstance(version, str) or "/" in version or version in ("", ".", ".."):
             raise RegistryError(f"not a version id: {version!r}")
@@ -417,12 +452,14 @@ class Registry:
         except FileNotFoundError:
             return {"alias": name, "version": None, "previous": [], "log": []}
 
-    def _move(self, name: str, move: Callable[[dict], tuple[str, str]]) -> dict:
+    def _move(self, name: str, move: Callable[[dict], tuple[str, str]], history: bool = True) -> dict:
         def change(current: bytes | None) -> bytes:
             state = json.loads(current) if current else {"alias": name, "version": None, "previous": [], "log": []}
             action, target = move(state)
-            state["log"].append({"at": self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds"),
-                                 "action": action, "from": state["version"], "to": target, "pid": os.getpid()})
+            if history:
+                state["log"].append({"at": self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds"),
+                                     "action": action, "from": state["version"], "to": target, "pid": os.getpid()})
+                del state["log"][:-ALIAS_LOG_LIMIT]
             state["version"] = target
             return _canonical(state)
 
@@ -431,6 +468,9 @@ class Registry:
     def promote(self, version: str, alias: str = PRODUCTION) -> dict:
         """Point ``alias`` at ``version`` (after verifying its files); the old target can be rolled back to."""
         self.verify(version)
+        if alias == PRODUCTION and self.metadata(version).get("format") != FORMAT:
+            raise RegistryError(f"version {version} is not an XGBoost model (format "
+                                f"{self.metadata(version).get('format')!r}) and cannot serve as {PRODUCTION}")
 
         def move(state: dict) -> tuple[str, str]:
             if state["version"] is not None and state["version"] != version:
@@ -462,7 +502,7 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamscore registry", description=run.__doc__)
     parser.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="versions, newest last, with test metrics; * marks production")
+    sub.add_parser("list", help="versions, newest last, with test metrics; * marks production, o the online model")
     show = sub.add_parser("show", help="a version's metadata as JSON")
     show.add_argument("version", help="version id or 'production'")
     promote = sub.add_parser("promote", help="point the production alias at VERSION")
@@ -473,12 +513,14 @@ def run(argv: list[str] | None = None) -> int:
     registry = Registry.open(args.registry)
     try:
         if args.action == "list":
-            current = registry.alias()["version"]
-            print(f"{'':2}{'version':<32} {'created (UTC)':<30} {'AUC':>6} {'AP':>6} {'CP@100':>6}  spec")
+            current, online = registry.alias()["version"], registry.alias(ONLINE)["version"]
+            print(f"{'':2}{'version':<32} {'kind':<7} {'created (UTC)':<30} {'AUC':>6} {'AP':>6} {'CP@100':>6}  spec")
             for version in registry.versions():
                 meta = registry.metadata(version)
                 test = meta.get("test_metrics") or {}
-                print(f"{'*' if version == current else ' ':2}{version:<32} {meta['created_at']:<30} "
+                kind = "online" if meta.get("format") == ONLINE_FORMAT else "xgboost"
+                mark = "*" if version == current else ("o" if version == online else " ")
+                print(f"{mark:2}{version:<32} {kind:<7} {meta['created_at']:<30} "
                       f"{_fmt(test.get('auc_roc')):>6} {_fmt(test.get('average_precision')):>6} "
                       f"{_fmt(test.get('card_precision@100')):>6}  {meta['feature_spec_hash'][:12]}")
         elif args.action == "show":

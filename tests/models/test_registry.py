@@ -285,3 +285,29 @@ def test_registry_command_line(registry, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["version"] == v1
     assert registry_mod.run(["--registry", root, "rollback"]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
+
+
+def test_online_snapshots_are_versioned_checksummed_and_behind_the_online_alias(tmp_path):
+    from models.online import OnlineLearner
+    from models.registry import ONLINE, ONLINE_FILE, IntegrityError, Registry, RegistryError, SpecMismatchError
+
+    registry = Registry.open(tmp_path / "reg")
+    spec = "a" * 64
+    assert registry.load_online(expected_spec_hash=spec) is None
+    learner = OnlineLearner(("x", "y"))
+    for i in range(50):
+        learner.learn_one([float(i % 2), 1.0], i % 2)
+    first = registry.register_online(learner.snapshot(), {"feature_names": ["x", "y"], "labels": 50}, spec_hash=spec)
+    learner.learn_one([1.0, 1.0], 1)
+    second = registry.register_online(learner.snapshot(), {"feature_names": ["x", "y"], "labels": 51}, spec_hash=spec)
+    assert registry.alias(ONLINE)["version"] == second and registry.alias(ONLINE)["log"] == []
+    version, loaded = registry.load_online(expected_spec_hash=spec)
+    assert version == second and loaded.labels_seen == 51
+    assert registry.load_online(first, expected_spec_hash=spec)[1].labels_seen == 50
+    with pytest.raises(SpecMismatchError):
+        registry.load_online(expected_spec_hash="b" * 64)
+    with pytest.raises(RegistryError, match="cannot serve as production"):
+        registry.promote(second)
+    (tmp_path / "reg" / "versions" / second / ONLINE_FILE).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="does not match its recorded sha256"):
+        registry.load_online(expected_spec_hash=spec)
