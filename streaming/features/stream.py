@@ -30,8 +30,10 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from streaming.events import DeadLetter, Label, Transaction, dead_letter, encode
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.windows import CustomerState, LateEventError, TerminalState
+from streaming.labelled import FeatureStore
 
 DEAD_LETTER = "dead_letter"
+EXAMPLES = "examples"
 STAGE = "features"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WEEKEND = (5, 6)
@@ -101,17 +103,31 @@ class CustomerStateFn(beam.DoFn):
 @beam.typehints.with_input_types(beam.typehints.KV[str, Any])
 @beam.typehints.with_output_types(FeaturedTransaction)
 class TerminalStateFn(beam.DoFn):
-    """(terminal_id, (Transaction, customer features) | Label) → :class:`FeaturedTransaction`."""
+    """(terminal_id, (Transaction, customer features) | Label) → :class:`FeaturedTransaction`.
+
+    With ``keep_examples_days``, the feature vector of each transaction is also kept (a
+    :class:`~streaming.labelled.FeatureStore`) until its label arrives, and each label then
+    yields an :class:`~streaming.labelled.Example` on the ``examples`` output — for online
+    learning from exactly the features that were scored, without another stage.
+    """
 
     STATE = ReadModifyWriteStateSpec("terminal", PickleCoder())
+    SCORED = ReadModifyWriteStateSpec("scored", PickleCoder())
 
-    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
+                 keep_examples_days: float | None = None):
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
+        self.keep_examples_days = keep_examples_days
         self._labels = Metrics.counter(self.__class__, "labels")
         self._late = Metrics.counter(self.__class__, "late")
+        self._examples = Metrics.counter(self.__class__, "examples")
 
-    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+    def _store(self, scored) -> FeatureStore:
+        store = scored.read()
+        return FeatureStore(int(self.keep_examples_days * DAY_NS)) if store is None else store
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE), scored=beam.DoFn.StateParam(SCORED)):
         _, value = element
         current = state.read()
         if current is None:  # not `or`: a state holding only pending labels has len() == 0
@@ -120,6 +136,13 @@ class TerminalStateFn(beam.DoFn):
             self._labels.inc()
             current.add_label(value.transaction_id, time_ns(value.event_time), value.label)
             state.write(current)
+            if self.keep_examples_days:
+                store = self._store(scored)
+                example = store.label(value.transaction_id, value.label)
+                if example is not None:
+                    scored.write(store)
+                    self._examples.inc()
+                    yield beam.pvalue.TaggedOutput(EXAMPLES, example)
             return
         tx, customer = value
         try:
@@ -134,19 +157,29 @@ class TerminalStateFn(beam.DoFn):
             return
         state.write(current)
         values = {**transaction_features(tx), **customer, **terminal}
-        yield FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
+        featured = FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
+        if self.keep_examples_days:
+            store = self._store(scored)
+            store.add(tx.transaction_id, time_ns(tx.event_time), featured.features)
+            scored.write(store)
+        yield featured
 
 
 class StreamFeatures(beam.PTransform):
     """Transactions and labels in; ``{"features": FeaturedTransaction, "dead_letter": DeadLetter}`` out.
 
     The input is one PCollection of parsed :class:`Transaction` and :class:`Label` events.
+    With ``keep_examples_days`` the output also has ``"examples"``: an
+    :class:`~streaming.labelled.Example` for each label whose transaction was featurised
+    at most that many days (event time) before the terminal's latest transaction.
     """
 
-    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
+                 keep_examples_days: float | None = None):
         super().__init__()
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
+        self.keep_examples_days = keep_examples_days
 
     def expand(self, events):
         customer = (
@@ -159,7 +192,11 @@ class StreamFeatures(beam.PTransform):
         terminal = (
             customer.main
             | TerminalStateFn.__name__ >> beam.ParDo(
-                TerminalStateFn(self.spec, self.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
+                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days)).with_outputs(
+                    DEAD_LETTER, EXAMPLES, main="main")
         )
         dead = (customer[DEAD_LETTER], terminal[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-        return {"features": terminal.main, "dead_letter": dead}
+        out = {"features": terminal.main, "dead_letter": dead}
+        if self.keep_examples_days:
+            out["examples"] = terminal[EXAMPLES]
+        return out

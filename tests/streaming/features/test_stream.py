@@ -213,3 +213,26 @@ def test_stream_matches_reference_on_entity_sample():
     time_cols = [n for n in NAMES if n.startswith("TX_")]
     assert_same_features(streamed, ref, c_ids, time_cols + [n for n in NAMES if n.startswith("CUSTOMER_")])
     assert_same_features(streamed, ref, m_ids, [n for n in NAMES if n.startswith("TERMINAL_")])
+
+
+@pytest.mark.integration
+def test_labels_yield_examples_with_the_scored_features():
+    txs, frauds = synthetic(300, seed=5)
+    stream, watermark = TestStream(), -math.inf
+    for batch in batches_of(with_labels(txs, frauds)):
+        stream = stream.add_elements([TimestampedValue(e, event_seconds(e)) for e in batch])
+        latest = math.floor(max(event_seconds(e) for e in batch) * 1000) / 1000
+        if latest > watermark:
+            stream, watermark = stream.advance_watermark_to(latest), latest
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    features, examples = Collect("Features"), Collect("Examples")
+    with beam.Pipeline(options=options) as p:
+        out = p | stream.advance_watermark_to_infinity() | StreamFeatures(keep_examples_days=8)
+        out["features"] | features
+        out["examples"] | examples
+    scored = {f.transaction.transaction_id: f.features for f in features.results()}
+    got = examples.results()
+    assert sorted(e.transaction_id for e in got) == sorted(scored)  # every label joined exactly once
+    for e in got:
+        assert e.features == scored[e.transaction_id] and e.label == frauds[e.transaction_id]
