@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import pickle
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -76,8 +77,8 @@ class OnlineLearner:
         self.model_factory = model_factory
         self.max_history = max_history
         self._model = model_factory()
-        self._scores: list[float] = []
-        self._labels: list[int] = []
+        self._scores = array("d")  # compact: the learner is pickled into streaming state
+        self._labels = array("b")
         self.labels_seen = 0
 
     def _x(self, features: Mapping[str, float] | Sequence[float]) -> dict[str, float]:

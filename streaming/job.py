@@ -1,11 +1,17 @@
 """``streamscore stream``: the Beam streaming job.
 
-    transactions ─┐
-                  ├─ ParsePubsubFn ─ StreamFeatures ─ (features topic)
-    labels ───────┘        └─────────────┴──────────── dead-letter topic
+    transactions ─┐                                  ┌─ ScoreFn ─ scores topic (+ alerts topic)
+                  ├─ ParsePubsubFn ─ StreamFeatures ─┤
+    labels ───────┘        │              │          └─ examples ─ LearnerFn ─ monitoring topic
+                           └──────────────┴─── (and ScoreFn) ─ dead-letter topic
 
-Every message read is either featurised or written to the dead-letter topic with the
-reason, the stage and its original bytes and attributes. Runner flags pass through to
+With ``--predictor HOST:PORT`` each featurised transaction is scored over gRPC and published
+to ``scores`` (and ``alerts`` above ``--alert-threshold``); with ``--registry`` too, labels
+train the online River model (snapshots to the registry, drift events to ``monitoring``).
+Without ``--predictor`` the job publishes the features themselves to ``--features-topic``.
+
+Every message read is either scored (or featurised) or written to the dead-letter topic with
+the reason, the stage and its original bytes and attributes. Runner flags pass through to
 Beam; without ``--runner`` the job runs on the local ``BundleBasedDirectRunner`` in
 streaming mode (never the default DirectRunner, which tries to download Prism first).
 
@@ -24,6 +30,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import orjson
@@ -46,6 +53,8 @@ from streaming.events import (
 )
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures
+from streaming.learning import LEARNER_KEY, LearnerFn
+from streaming.scoring import ALERTS, ScoreFn
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
 SCHEMA_FEATURES = "streamscore.features.v1"
@@ -63,6 +72,16 @@ class JobConfig:
     max_message_bytes: int = DEFAULT_MAX_BYTES
     allowed_lateness_days: float = 7.0
     timestamp_attribute: str | None = None
+    predictor: str | None = None
+    predictor_deadline: float = 10.0
+    scores_topic: str = "scores"
+    alerts_topic: str = "alerts"
+    alert_threshold: float = 0.5
+    monitoring_topic: str = "monitoring"
+    registry: str | None = None
+    max_label_delay_days: float = 8.0
+    snapshot_every_labels: int = 500
+    snapshot_every_seconds: float = 60.0
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -142,7 +161,7 @@ class ReadEvents(beam.PTransform):
         }
 
 
-class FeaturesJob(beam.PTransform):
+class StreamingJob(beam.PTransform):
     """The whole streaming job as one transform (tests run it with other runners)."""
 
     def __init__(self, config: JobConfig, spec: FeatureSpec = DEFAULT_SPEC):
@@ -152,15 +171,36 @@ class FeaturesJob(beam.PTransform):
 
     def expand(self, pbegin):
         config = self.config
+        learn = bool(config.predictor and config.registry)
         read = pbegin | ReadEvents.__name__ >> ReadEvents(config)
-        featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(self.spec, config.allowed_lateness_days)
-        (
-            featured["features"]
-            | "ToFeaturesMessage" >> beam.Map(features_message, self.spec)
-            | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
-        )
+        featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(
+            self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None)
+        dead = [read["dead_letter"], featured["dead_letter"]]
+        if config.predictor:
+            scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
+                config.predictor, self.spec, alert_threshold=config.alert_threshold,
+                deadline=config.predictor_deadline)).with_outputs(DEAD_LETTER, ALERTS, main="scores")
+            scored.scores | "WriteScores" >> WriteToPubSub(config.topic(config.scores_topic), with_attributes=True)
+            scored[ALERTS] | "WriteAlerts" >> WriteToPubSub(config.topic(config.alerts_topic), with_attributes=True)
+            dead.append(scored[DEAD_LETTER])
+        else:
+            (
+                featured["features"]
+                | "ToFeaturesMessage" >> beam.Map(features_message, self.spec)
+                | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
+            )
+        if learn:
+            (
+                featured["examples"]
+                | "KeyToLearner" >> beam.Map(lambda example: (LEARNER_KEY, example)).with_output_types(
+                    beam.typehints.KV[str, Any])
+                | LearnerFn.__name__ >> beam.ParDo(LearnerFn(
+                    config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
+                    snapshot_every_seconds=config.snapshot_every_seconds))
+                | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
+            )
         return (
-            (read["dead_letter"], featured["dead_letter"])
+            dead
             | "MergeDeadLetters" >> beam.Flatten()
             | "ToDeadLetterMessage" >> beam.Map(dead_letter_message)
             | "WriteDeadLetters" >> WriteToPubSub(config.topic(config.dead_letter_topic), with_attributes=True)
@@ -184,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "still be featurised; later ones are dead-lettered (default 7)")
     parser.add_argument("--timestamp-attribute", default=None,
                         help="take element timestamps from this attribute (see the module docs), e.g. event_time")
+    scoring = parser.add_argument_group("scoring and online learning")
+    scoring.add_argument("--predictor", default=None, help="HOST:PORT of `streamscore serve`; without it the job "
+                         "publishes features instead of scores")
+    scoring.add_argument("--predictor-deadline", type=float, default=10.0, help="seconds per scoring call (default 10)")
+    scoring.add_argument("--scores-topic", default="scores")
+    scoring.add_argument("--alerts-topic", default="alerts")
+    scoring.add_argument("--alert-threshold", type=float, default=0.5, help="score at or above which to alert")
+    scoring.add_argument("--monitoring-topic", default="monitoring")
+    scoring.add_argument("--registry", default=None, help="model registry (dir or gs://): enables online learning")
+    scoring.add_argument("--max-label-delay-days", type=float, default=8.0,
+                         help="how long a scored feature vector waits for its label (default 8)")
+    scoring.add_argument("--snapshot-every-labels", type=int, default=500)
+    scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
     return parser
 
 
@@ -209,9 +262,13 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         project=args.project, transactions_subscription=args.transactions_subscription,
         labels_subscription=args.labels_subscription or None, features_topic=args.features_topic,
         dead_letter_topic=args.dead_letter_topic, max_message_bytes=args.max_message_bytes,
-        allowed_lateness_days=args.allowed_lateness_days, timestamp_attribute=args.timestamp_attribute)
+        allowed_lateness_days=args.allowed_lateness_days, timestamp_attribute=args.timestamp_attribute,
+        predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
+        alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
+        registry=args.registry, max_label_delay_days=args.max_label_delay_days,
+        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
     pipeline = beam.Pipeline(options=pipeline_options(beam_args, config))
-    _ = pipeline | FeaturesJob.__name__ >> FeaturesJob(config)
+    _ = pipeline | StreamingJob.__name__ >> StreamingJob(config)
     return pipeline, config
 
 

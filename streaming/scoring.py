@@ -1,0 +1,214 @@
+"""Scoring featurised transactions with the gRPC predictor, from inside the streaming job.
+
+* One gRPC channel per worker process and target, kept in a module-level cache: on the local
+  runner ``setup()``/``teardown()`` run for every bundle, so a DoFn-owned channel would be
+  reconnected for every ten messages.
+* A bundle's transactions are sent together over one ``ScoreStream`` call (the predictor
+  predicts messages that arrive together in one batch), with a deadline.
+* Transport failures (predictor down, deadline exceeded, overloaded) are retried with capped
+  exponential backoff **without limit**: the job waits for the predictor, it never drops or
+  skips an event. A message the predictor rejects (e.g. a NaN feature) is not retried: it
+  goes to the dead-letter output with the predictor's reason, stage ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+import grpc
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
+from streaming.events import Score, dead_letter, encode
+from streaming.features.spec import FeatureSpec
+from streaming.features.stream import FeaturedTransaction
+
+log = logging.getLogger(__name__)
+
+#: Codes worth retrying: the predictor is down, restarting, overloaded or slow.
+RETRYABLE = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+})
+
+_CHANNELS: dict[tuple, grpc.Channel] = {}
+_LOCK = threading.Lock()
+
+
+def channel_for(target: str, token: str | None = None) -> grpc.Channel:
+    """The process-wide channel to ``target`` (created once, reused across bundles)."""
+    key = (target, token)
+    with _LOCK:
+        channel = _CHANNELS.get(key)
+        if channel is None:
+            channel = grpc.insecure_channel(target, options=[
+                ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+            _CHANNELS[key] = channel
+        return channel
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The predictor's answer for one transaction: a score, or the reason it was refused."""
+
+    transaction_id: str
+    score: float | None
+    model_version: str
+    online_score: float | None = None
+    online_model_version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RetryPolicy:
+    """Capped exponential backoff; ``max_attempts=None`` retries for ever (the job's default)."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    max_attempts: int | None = None
+
+    def delays(self):
+        delay, attempt = self.initial, 1
+        while self.max_attempts is None or attempt < self.max_attempts:
+            yield delay
+            delay, attempt = min(delay * self.multiplier, self.maximum), attempt + 1
+
+
+class PredictorUnavailable(RuntimeError):
+    """Raised only when a finite retry policy is exhausted."""
+
+
+class ScoringClient:
+    """Scores batches of feature vectors over ``Scorer.ScoreStream``, retrying transport failures."""
+
+    def __init__(self, target: str, *, deadline: float = 10.0, token: str | None = None,
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.target = target
+        self.deadline = deadline
+        self.token = token
+        self.retry = retry or RetryPolicy()
+        self.sleep = sleep
+        self.retries = 0
+
+    def _stub(self) -> scorer_pb2_grpc.ScorerStub:
+        return scorer_pb2_grpc.ScorerStub(channel_for(self.target, self.token))
+
+    def _call(self, requests: list[scorer_pb2.ScoreRequest]) -> list[scorer_pb2.ScoreResponse]:
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
+        responses = list(self._stub().ScoreStream(iter(requests), timeout=self.deadline, metadata=metadata))
+        if len(responses) != len(requests):
+            raise grpc.RpcError(f"predictor answered {len(responses)} of {len(requests)} messages")
+        return responses
+
+    def score_many(self, items: Sequence[tuple[str, Sequence[float]]]) -> list[Scored]:
+        """``[(transaction_id, features)]`` → one :class:`Scored` each, in order."""
+        if not items:
+            return []
+        requests = [scorer_pb2.ScoreRequest(transaction_id=tid, features=scorer_pb2.FeatureVector(values=list(values)))
+                    for tid, values in items]
+        delays = self.retry.delays()
+        while True:
+            try:
+                responses = self._call(requests)
+                break
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                if code not in RETRYABLE and hasattr(exc, "code"):
+                    # the whole call was refused (e.g. auth): every message gets the reason
+                    reason = f"predictor refused the batch: {code.name}: {exc.details()}"
+                    return [Scored(tid, None, "", error=reason) for tid, _ in items]
+                delay = next(delays, None)
+                if delay is None:
+                    raise PredictorUnavailable(f"predictor at {self.target} unavailable: {exc}") from exc
+                self.retries += 1
+                log.warning("predictor at %s: %s; retrying %d messages in %.1f s", self.target,
+                            code.name if hasattr(code, "name") else code, len(items), delay)
+                self.sleep(delay)
+        out = []
+        for response in responses:
+            if response.HasField("error") and response.error.code:
+                out.append(Scored(response.transaction_id, None, response.model_version,
+                                  error=f"predictor rejected the features: {response.error.message}"))
+            else:
+                out.append(Scored(
+                    response.transaction_id, response.score, response.model_version,
+                    response.online_score if response.HasField("online_score") else None,
+                    response.online_model_version if response.HasField("online_model_version") else None))
+        return out
+
+
+# --------------------------------------------------------------------------- Beam
+
+DEAD_LETTER = "dead_letter"
+ALERTS = "alerts"
+
+
+def score_message(featured: FeaturedTransaction, scored: Scored, spec: FeatureSpec) -> PubsubMessage:
+    """The ``scores`` topic message for a scored transaction (see the event contract)."""
+    tx = featured.transaction
+    event = Score(tx.transaction_id, tx.event_time, scored.score, scored.model_version,
+                  dict(zip(spec.names, featured.features)), scored.online_score, scored.online_model_version)
+    return PubsubMessage(*encode(event))
+
+
+class ScoreFn(beam.DoFn):
+    """FeaturedTransaction → score message (main), alert message (``alerts``), DeadLetter (``dead_letter``).
+
+    Buffers the bundle (up to ``max_batch``) and scores it with one ``ScoreStream`` call.
+    """
+
+    def __init__(self, target: str, spec: FeatureSpec, *, alert_threshold: float = 0.5, deadline: float = 10.0,
+                 max_batch: int = 500, token: str | None = None):
+        self.target = target
+        self.spec = spec
+        self.alert_threshold = alert_threshold
+        self.deadline = deadline
+        self.max_batch = max_batch
+        self.token = token
+        self._scored = Metrics.counter(self.__class__, "scored")
+        self._alerts = Metrics.counter(self.__class__, "alerts")
+        self._rejected = Metrics.counter(self.__class__, "rejected")
+        self._retries = Metrics.counter(self.__class__, "retries")
+
+    def setup(self):
+        self._client = ScoringClient(self.target, deadline=self.deadline, token=self.token)
+
+    def start_bundle(self):
+        self._buffer = []
+
+    def process(self, featured, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self._buffer.append((featured, timestamp, window))
+        if len(self._buffer) >= self.max_batch:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        yield from self._flush()
+
+    def _flush(self):
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        before = self._client.retries
+        results = self._client.score_many([(f.transaction.transaction_id, f.features) for f, _, _ in batch])
+        self._retries.inc(self._client.retries - before)
+        for (featured, timestamp, window), scored in zip(batch, results):
+            if scored.error is not None:
+                self._rejected.inc()
+                data, attrs = encode(featured.transaction)
+                dead = dead_letter(data, attrs, scored.error, "score")
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
+                continue
+            self._scored.inc()
+            message = score_message(featured, scored, self.spec)
+            yield WindowedValue(message, timestamp, [window])
+            if scored.score >= self.alert_threshold:
+                self._alerts.inc()
+                yield beam.pvalue.TaggedOutput(ALERTS, WindowedValue(message, timestamp, [window]))
