@@ -1,13 +1,16 @@
 """``streamscore up`` (``make demo``): the local stack, end to end, then a summary.
 
 1. starts the official Pub/Sub emulator on a free port and creates the topics;
-2. simulates a small labelled history with the project's simulator;
-3. starts the streaming job (``streamscore stream`` on the local runner) as a subprocess;
-4. publishes the traffic (transactions, labels later in event time, a few malformed
-   messages) and shows live progress: published / featurised / dead-lettered, backlog and
-   end-to-end latency (publish → output received);
-5. prints a summary (and writes it as JSON with ``--summary PATH``) and stops every process
-   it started — also on Ctrl-C or SIGTERM.
+2. if the registry has no ``production`` model, trains one on a simulated history (the same
+   feature code as the stream) and promotes it;
+3. starts the gRPC predictor (``streamscore serve``) and the streaming job (``streamscore
+   stream`` on the local runner, with scoring and online learning);
+4. publishes simulated traffic — transactions, their labels later in event time, and a few
+   malformed messages — and shows live progress: published / scored / dead-lettered,
+   backlog, end-to-end latency (publish → score received), alerts, and the running average
+   precision of the production (XGBoost) and online (River) scores;
+5. prints a summary (``--summary PATH`` also writes it as JSON) and stops every process it
+   started — also on Ctrl-C or SIGTERM. Exits non-zero if any event is unaccounted for.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +28,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import orjson
 
+from models.online import average_precision
 from streaming.events import SCHEMA_TRANSACTION
+from streaming.features.spec import DEFAULT_SPEC
 from streaming.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
 from streaming.pubsub_local import PubSubEmulator, pull_all
 from streaming.simulator import simulate
 
 PROG = "streamscore up"
-TOPICS = {"transactions": "transactions", "labels": "labels", "features": "features", "dead_letter": "dead-letter"}
-SUBSCRIPTIONS = {"transactions-stream": "transactions", "labels-stream": "labels",
-                 "features-monitor": "features", "dead-letter-monitor": "dead-letter"}
+TOPICS = ("transactions", "labels", "scores", "alerts", "dead-letter", "monitoring")
+SUBSCRIPTIONS = {"transactions-stream": "transactions", "labels-stream": "labels", "scores-monitor": "scores",
+                 "alerts-monitor": "alerts", "dead-letter-monitor": "dead-letter", "monitoring-monitor": "monitoring"}
 #: Malformed messages injected to show the dead-letter path (each violates the contract differently).
 MALFORMED = (
     b"{not json",
@@ -50,15 +55,22 @@ MALFORMED = (
 class Progress:
     """What the monitor has seen; updated from the publisher and monitor threads."""
 
+    truth: dict = field(default_factory=dict, repr=False)  # transaction id -> TX_FRAUD
     published_transactions: int = 0
     published_labels: int = 0
     malformed: int = 0
-    featurised: int = 0
+    scored: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    alerts: int = 0
+    online_snapshots: int = 0
+    online_version: str | None = None
+    drifts: int = 0
     sent_at: dict = field(default_factory=dict, repr=False)
     latencies_ms: list = field(default_factory=list, repr=False)
     seen: set = field(default_factory=set, repr=False)
+    batch_scores: list = field(default_factory=list, repr=False)  # (score, label)
+    online_scores: list = field(default_factory=list, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -67,61 +79,139 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.featurised + self.dead_lettered
+        return self.scored + self.dead_lettered
 
     def percentile(self, q: float) -> float | None:
+        import numpy as np
+
         with self.lock:
             return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
+    def ap(self, which: str) -> float | None:
+        with self.lock:
+            pairs = list(self.batch_scores if which == "batch" else self.online_scores)
+        if not pairs or not any(y for _, y in pairs):
+            return None
+        return average_precision([s for s, _ in pairs], [y for _, y in pairs])
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _status_line(p: Progress, elapsed: float) -> str:
     return (f"[{elapsed:6.1f}s] published {p.published_transactions:,} tx + {p.published_labels:,} labels"
-            f" + {p.malformed} malformed | featurised {p.featurised:,} | dead-lettered {p.dead_lettered}"
-            f" | backlog {max(p.expected - p.done, 0):,} | e2e p50 {_fmt_ms(p.percentile(50))}"
-            f" p99 {_fmt_ms(p.percentile(99))}")
+            f" + {p.malformed} bad | scored {p.scored:,} | dead {p.dead_lettered} | backlog"
+            f" {max(p.expected - p.done, 0):,} | e2e p50 {_fmt(p.percentile(50), ',.0f')} ms"
+            f" p99 {_fmt(p.percentile(99), ',.0f')} ms | alerts {p.alerts} | AP xgb {_fmt(p.ap('batch'), '.3f')}"
+            f" online {_fmt(p.ap('online'), '.3f')} ({p.online_snapshots} snapshots)")
+
+
+def _on_score(progress: Progress, body: dict, now: float) -> None:
+    tid = body["transaction_id"]
+    with progress.lock:
+        if tid in progress.seen:
+            progress.duplicates += 1
+            return
+        progress.seen.add(tid)
+        progress.scored += 1
+        sent = progress.sent_at.pop(tid, None)
+        if sent is not None:
+            progress.latencies_ms.append((now - sent) * 1000)
+        label = progress.truth.get(tid)
+        if label is not None:
+            progress.batch_scores.append((body["score"], label))
+            if body.get("online_score") is not None:
+                progress.online_scores.append((body["online_score"], label))
 
 
 def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event) -> None:
-    """Pull the output subscriptions until ``stop``; record counts and latencies."""
+    """Pull the output subscriptions until ``stop``; record counts, latencies and scores."""
     subscriber = emulator.subscriber_client()
-    features = emulator.subscription_path("features-monitor")
-    dead = emulator.subscription_path("dead-letter-monitor")
+    path = emulator.subscription_path
     try:
         while not stop.is_set():
             got = 0
-            for received in pull_all(subscriber, features, 1000, timeout=0.3):
+            for received in pull_all(subscriber, path("scores-monitor"), 1000, timeout=0.3):
                 got += 1
-                now = time.monotonic()
-                tid = orjson.loads(received.data)["transaction_id"]
-                with progress.lock:
-                    if tid in progress.seen:
-                        progress.duplicates += 1
-                        continue
-                    progress.seen.add(tid)
-                    progress.featurised += 1
-                    sent = progress.sent_at.pop(tid, None)
-                    if sent is not None:
-                        progress.latencies_ms.append((now - sent) * 1000)
-            for _ in pull_all(subscriber, dead, 1000, timeout=0.1):
+                _on_score(progress, orjson.loads(received.data), time.monotonic())
+            for _ in pull_all(subscriber, path("dead-letter-monitor"), 1000, timeout=0.05):
                 got += 1
                 with progress.lock:
                     progress.dead_lettered += 1
+            for _ in pull_all(subscriber, path("alerts-monitor"), 1000, timeout=0.05):
+                with progress.lock:
+                    progress.alerts += 1
+            for received in pull_all(subscriber, path("monitoring-monitor"), 1000, timeout=0.05):
+                event = orjson.loads(received.data)
+                with progress.lock:
+                    if event["kind"] == "online_snapshot":
+                        progress.online_snapshots += 1
+                        progress.online_version = event["version"]
+                    elif event["kind"] == "drift":
+                        progress.drifts += 1
             if not got:
                 stop.wait(0.1)
     finally:
         subscriber.close()
 
 
-def _start_job(emulator: PubSubEmulator, log_path: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "streaming.job", "--project", emulator.project,
-            "--emulator-host", emulator.host_port, "--features-topic", TOPICS["features"],
-            "--dead-letter-topic", TOPICS["dead_letter"]]
-    return subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def ensure_production_model(registry_dir: Path, args) -> str:
+    """The production version, training one on a simulated history first if there is none."""
+    from models.registry import Registry, RegistryError
+    from models.training import booster_params
+    from streaming.features.batch import featurize_frame
+
+    registry = Registry.open(registry_dir)
+    try:
+        return registry.resolve()
+    except RegistryError:
+        pass
+    import xgboost as xgb
+
+    print(f"{PROG}: no production model in {registry_dir}; training one on a simulated history ...", flush=True)
+    history = simulate(customers=args.customers, terminals=args.terminals, days=args.history_days, seed=args.seed + 1)
+    table = featurize_frame(history)
+    names = list(DEFAULT_SPEC.names)
+    params, rounds = booster_params({"max_depth": 6, "learning_rate": 0.1, "n_estimators": 100}, seed=args.seed, nthread=2)
+    dtrain = xgb.DMatrix(table[names].to_numpy(), label=table["TX_FRAUD"].to_numpy(), feature_names=names)
+    booster = xgb.train(params, dtrain, num_boost_round=rounds)
+    version = registry.register(booster, {
+        "feature_names": names, "params": {**params, "n_estimators": rounds},
+        "data": {"source": "streamscore simulate", "seed": args.seed + 1, "rows": len(table),
+                 "frauds": int(table["TX_FRAUD"].sum()), "days": args.history_days},
+    }, spec_hash=DEFAULT_SPEC.spec_hash)
+    registry.promote(version)
+    print(f"{PROG}: trained and promoted {version} ({len(table):,} transactions)", flush=True)
+    return version
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streaming.cli", *args], stdout=log_path.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+
+
+def _wait_serving(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)
+    raise RuntimeError(f"the predictor did not become SERVING on port {port} within {timeout:g} s")
 
 
 def _stop_process(proc: subprocess.Popen | None) -> None:
@@ -129,7 +219,7 @@ def _stop_process(proc: subprocess.Popen | None) -> None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        proc.wait(15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -145,39 +235,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run the local demo stack end to end.")
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--terminals", type=int, default=200)
-    parser.add_argument("--days", type=int, default=21)
+    parser.add_argument("--days", type=int, default=21, help="days of live traffic to replay (default 21)")
+    parser.add_argument("--history-days", type=int, default=60, help="days of simulated history to train on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=100.0, help="messages per second to publish (default 100)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
+    parser.add_argument("--registry", type=Path, default=Path("registry"), help="model registry (default ./registry)")
+    parser.add_argument("--snapshot-every-labels", type=int, default=300)
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting after this many seconds")
     parser.add_argument("--summary", type=Path, help="also write the summary as JSON here")
     parser.add_argument("--workdir", type=Path, help="folder for logs (default: a temporary folder)")
     return parser
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script with cleanup
     args = build_parser().parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamscore-up-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress, stop = Progress(), threading.Event()
-    job = monitor = None
+    predictor = job = monitor = None
     emulator = PubSubEmulator(data_dir=workdir / "emulator")
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    status = "completed"
+    status, version = "completed", None
     try:
         print(f"{PROG}: starting the Pub/Sub emulator ...", flush=True)
         emulator.start()
-        emulator.ensure(TOPICS.values(), SUBSCRIPTIONS)
+        emulator.ensure(TOPICS, SUBSCRIPTIONS)
+        version = ensure_production_model(args.registry, args)
+        port = _free_port()
+        predictor = _spawn(["serve", "--registry", str(args.registry), "--host", "127.0.0.1", "--port", str(port),
+                            "--metrics-port", "0", "--poll-interval", "1"], workdir / "predictor.log")
+        _wait_serving(port, predictor)
+        print(f"{PROG}: predictor serving {version} on 127.0.0.1:{port}", flush=True)
+        job = _spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
+                      "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
+                      "--snapshot-every-labels", str(args.snapshot_every_labels)], workdir / "stream-job.log")
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
-        print(f"{PROG}: emulator at {emulator.host_port}; simulated {len(df):,} transactions "
-              f"({int(df['TX_FRAUD'].sum())} frauds) over {args.days} days", flush=True)
-        job = _start_job(emulator, workdir / "stream-job.log")
-        print(f"{PROG}: streaming job started (pid {job.pid}, log {workdir / 'stream-job.log'})", flush=True)
+        progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
+        print(f"{PROG}: emulator at {emulator.host_port}; streaming job pid {job.pid}; replaying {len(df):,} "
+              f"transactions ({int(df['TX_FRAUD'].sum())} frauds) over {args.days} days; logs in {workdir}", flush=True)
         monitor = threading.Thread(target=_monitor, args=(emulator, progress, stop), daemon=True)
         monitor.start()
 
         publisher = make_publisher(emulator.host_port, ordering=True)
-        topics = TopicPaths(emulator.topic_path(TOPICS["transactions"]), emulator.topic_path(TOPICS["labels"]))
+        topics = TopicPaths(emulator.topic_path("transactions"), emulator.topic_path("labels"))
         for raw in MALFORMED:
             publisher.publish(topics.transactions, raw, schema=SCHEMA_TRANSACTION).result()
             progress.malformed += 1
@@ -190,16 +291,16 @@ def run(argv: list[str] | None = None) -> int:
                 else:
                     progress.published_labels += 1
 
-        def publish():
-            publish_dataset(df, publisher, topics, rate=args.rate, label_delay=LabelDelay(),
-                            order_by_customer=True, on_publish=on_publish)
-
-        publisher_thread = threading.Thread(target=publish, daemon=True)
+        publisher_thread = threading.Thread(target=lambda: publish_dataset(
+            df, publisher, topics, rate=args.rate, label_delay=LabelDelay(), order_by_customer=True,
+            on_publish=on_publish), daemon=True)
         publisher_thread.start()
         deadline, tty, last_line = started + args.timeout, sys.stdout.isatty(), 0.0
         while time.monotonic() < deadline:
-            if job.poll() is not None:
-                status = f"the streaming job exited with code {job.returncode}; see {workdir / 'stream-job.log'}"
+            for name, proc in (("streaming job", job), ("predictor", predictor)):
+                if proc.poll() is not None:
+                    status = f"the {name} exited with code {proc.returncode}; see its log in {workdir}"
+            if status != "completed":
                 break
             if tty:  # one live line on a terminal; a line every 5 s in a log
                 print("\r" + _status_line(progress, time.monotonic() - started), end="", flush=True)
@@ -215,33 +316,41 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\n{PROG}: interrupted, shutting down ...", flush=True)
+    except Exception as exc:  # report, then still stop everything below
+        status = f"failed: {type(exc).__name__}: {exc}"
     finally:
         stop.set()
         if monitor is not None:
             monitor.join(5)
         _stop_process(job)
+        _stop_process(predictor)
         emulator.stop()
         signal.signal(signal.SIGTERM, previous)
 
     summary = {
         "status": status,
         "elapsed_s": round(time.monotonic() - started, 1),
+        "production_model": version,
         "published_transactions": progress.published_transactions,
         "published_labels": progress.published_labels,
         "malformed_injected": progress.malformed,
-        "featurised": progress.featurised,
+        "scored": progress.scored,
         "dead_lettered": progress.dead_lettered,
         "duplicates_seen": progress.duplicates,
         "unaccounted": max(progress.expected - progress.done, 0),
+        "alerts": progress.alerts,
         "e2e_latency_ms": {"p50": progress.percentile(50), "p99": progress.percentile(99)},
+        "average_precision": {"xgboost": progress.ap("batch"), "online": progress.ap("online")},
+        "online_snapshots": progress.online_snapshots,
+        "online_model_version": progress.online_version,
+        "drift_events": progress.drifts,
         "logs": str(workdir),
     }
     print(json.dumps(summary, indent=2))
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
-    ok = status == "completed" and summary["unaccounted"] == 0
-    return 0 if ok else 1
+    return 0 if status == "completed" and summary["unaccounted"] == 0 else 1
 
 
 if __name__ == "__main__":
