@@ -23,17 +23,11 @@ import numbers
 import numpy as np
 import pandas as pd
 
+from streaming.datasets import REFERENCE_COLUMNS
+
 __all__ = ["COLUMNS", "simulate"]
 
-COLUMNS = (
-    "TRANSACTION_ID",
-    "TX_DATETIME",
-    "CUSTOMER_ID",
-    "TERMINAL_ID",
-    "TX_AMOUNT",
-    "TX_FRAUD",
-    "TX_FRAUD_SCENARIO",
-)
+COLUMNS = REFERENCE_COLUMNS  # the simulator writes exactly the reference layout
 
 AREA = 100.0  # locations are uniform on [0, AREA) x [0, AREA)
 SECONDS_PER_DAY = 86_400
