@@ -14,8 +14,12 @@
    servers and repeated ``--repeat`` times; the table shows medians and ratios to MLServer
    measured in the same run ("stream C=32 x4": the 32 messages in flight spread over 4
    ScoreStream calls, as several streaming workers would), plus each server's CPU time per request (from /proc: less
-   sensitive than latency to other jobs on a shared machine). Numbers only: no pass/fail
-   (the targets are printed alongside).
+   sensitive than latency to other jobs on a shared machine), the client's own CPU time per
+   request (when it is near the server's, client and server share the limit: on a busy
+   machine throughput follows their summed CPU per request), and the 1-minute load average
+   at the end of each run. Numbers only: no pass/fail (the targets are printed alongside).
+
+``--profile-server FILE`` runs our server under cProfile (to find hot spots; it slows the server).
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def in_process_floor(model_path: Path, n: int = 20_000) -> dict:
                         "score_many_rows_per_s": k * len(batch) / (time.perf_counter() - t0)}
         if backend == "native":
             out[backend]["servicer_p50_us"] = _servicer_floor(scorer, rows)
+            out[backend]["stream_servicer_us"] = _stream_servicer_floor(scorer, rows)
         scorer.close()
     return out
 
@@ -126,6 +131,49 @@ def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
     return asyncio.run(main())
 
 
+def _stream_servicer_floor(scorer, rows: np.ndarray, n: int = 20_000, repeat: int = 5) -> float:
+    """Scorer.ScoreStream's servicer over an in-memory context (read -> score -> response
+    message, in order): µs per message, the best of ``repeat`` runs. No gRPC."""
+    import asyncio
+
+    import grpc
+
+    from models.predictor.metrics import Telemetry
+    from models.predictor.service import ScorerService
+    from protos.streamscore.v1 import scorer_pb2
+
+    requests = [scorer_pb2.ScoreRequest(transaction_id=f"t{i}", features=scorer_pb2.FeatureVector(values=r))
+                for i, r in enumerate(rows)]
+
+    class Context:
+        def __init__(self):
+            self.left, self.written = n, 0
+
+        async def read(self):
+            if not self.left:
+                return grpc.aio.EOF
+            self.left -= 1
+            return requests[self.left % len(requests)]
+
+        async def write(self, response):
+            self.written += 1
+
+        def time_remaining(self):
+            return None
+
+    service = ScorerService(scorer, Telemetry())
+
+    async def main() -> float:
+        context = Context()
+        t0 = time.perf_counter()
+        await service.ScoreStream(None, context)
+        elapsed = time.perf_counter() - t0
+        assert context.written == n
+        return elapsed / n * 1e6
+
+    return min(asyncio.run(main()) for _ in range(repeat))
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -146,6 +194,14 @@ def _wait_ready(target: str, model: str, proc: subprocess.Popen, timeout: float 
                     return
             time.sleep(0.2)
     raise RuntimeError(f"{target} not ready after {timeout:.0f} s")
+
+
+def loadavg() -> float:
+    """The 1-minute load average (Linux), NaN elsewhere: how busy the shared machine was."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -193,10 +249,13 @@ def _env() -> dict:
 
 
 @contextlib.contextmanager
-def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str = "streamscore"):
+def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str = "streamscore",
+               profile: Path | None = None):
+    """Our server in a subprocess; with ``profile``, under cProfile (written there when it stops)."""
     port, metrics_port = _free_port(), _free_port()
     log = open(log_dir / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--model-file", str(model_path),
+    python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile is not None else [])
+    proc = subprocess.Popen([*python, "-m", "models.predictor.server", "--model-file", str(model_path),
                              "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
                              "--log-level", "WARNING", *extra],
                             cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -269,10 +328,14 @@ def scenarios(concurrency: int, xgboost: bool = False) -> list[tuple[str, str, d
 def _median_result(results: list[dict]) -> dict:
     keys = ("p50", "p90", "p99", "p99.9", "max")
     cpu = [r["server_cpu_us_per_request"] for r in results if r.get("server_cpu_us_per_request") is not None]
+    client = [r["client_cpu_us"] for r in results if r.get("client_cpu_us") is not None]
     batch = [r["mean_batch_rows"] for r in results if "mean_batch_rows" in r]
+    load = [r["loadavg"] for r in results if "loadavg" in r]
     return {"throughput_rps": statistics.median(r["throughput_rps"] for r in results),
             "rows_per_predict": statistics.median(batch) if batch else float("nan"),
             "server_cpu_us": statistics.median(cpu) if cpu else float("nan"),
+            "client_cpu_us": statistics.median(client) if client else float("nan"),
+            "loadavg": statistics.median(load) if load else float("nan"),
             **{k: statistics.median(r["latency_ms"][k] for r in results) for k in keys},
             "errors": sum(sum(r["errors"].values()) for r in results), "runs": len(results)}
 
@@ -281,7 +344,7 @@ def format_table(medians: dict, concurrency: int, floor: dict) -> str:
     peer_seq = medians.get(("kserve sequential", "mlserver"))
     peer_tput = medians.get((f"kserve C={concurrency}", "mlserver"))
     lines = [f"{'scenario':<22} {'server':<9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'req/s':>9} "
-             f"{'CPU us/req':>10} {'rows/pred':>9} {'errors':>6}  vs MLServer"]
+             f"{'CPU us/req':>10} {'client us':>9} {'rows/pred':>9} {'load':>5} {'errors':>6}  vs MLServer"]
     for (name, server), m in medians.items():
         if server == "mlserver":
             ratio = "1.00x (peer)"
@@ -292,8 +355,8 @@ def format_table(medians: dict, concurrency: int, floor: dict) -> str:
         else:
             ratio = "(no peer)"
         lines.append(f"{name:<22} {server:<9} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['p99.9']:>9.3f} "
-                     f"{m['throughput_rps']:>9,.0f} {m['server_cpu_us']:>10.0f} {m['rows_per_predict']:>9.1f} "
-                     f"{m['errors']:>6}  {ratio}")
+                     f"{m['throughput_rps']:>9,.0f} {m['server_cpu_us']:>10.0f} {m['client_cpu_us']:>9.0f} "
+                     f"{m['rows_per_predict']:>9.1f} {m['loadavg']:>5.1f} {m['errors']:>6}  {ratio}")
     lines.append("in-process floor (scoring core, no gRPC):")
     for backend, f in floor.items():
         lines.append(f"  {backend:<8} score_one p50 {f['score_one_p50_us']:.1f} us, p99 {f['score_one_p99_us']:.1f} us; "
@@ -301,6 +364,9 @@ def format_table(medians: dict, concurrency: int, floor: dict) -> str:
         if "servicer_p50_us" in f:
             lines.append(f"  {'':<8} Scorer.Score servicer called directly (request message -> response message): "
                          f"p50 {f['servicer_p50_us']:.1f} us")
+        if "stream_servicer_us" in f:
+            lines.append(f"  {'':<8} Scorer.ScoreStream servicer with an in-memory context (no gRPC): "
+                         f"{f['stream_servicer_us']:.1f} us per message")
     return "\n".join(lines)
 
 
@@ -319,6 +385,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--xgboost-backend", action="store_true",
                         help="also run our server with --backend xgboost (micro-batching at work)")
     parser.add_argument("--json", type=Path, help="write every run and the medians here")
+    parser.add_argument("--profile-server", type=Path, metavar="FILE",
+                        help="run our server under cProfile and write its stats here (slows it down: numbers "
+                             "are then for finding hot spots, not for the table); read with python -m pstats FILE")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-predictor-") as tmp:
@@ -336,7 +405,8 @@ def run(argv: list[str] | None = None) -> int:
         plan = [s for s in scenarios(args.concurrency, args.xgboost_backend) if peer or s[1] != "mlserver"]
         results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
         with contextlib.ExitStack() as stack:
-            targets = {"ours": stack.enter_context(our_server(model, tmp, args.server_args.split()))}
+            targets = {"ours": stack.enter_context(our_server(model, tmp, args.server_args.split(),
+                                                              profile=args.profile_server))}
             if args.xgboost_backend:
                 targets["ours-xgb"] = stack.enter_context(
                     our_server(model, tmp, [*args.server_args.split(), "--backend", "xgboost"], "streamscore-xgb"))
@@ -354,10 +424,13 @@ def run(argv: list[str] | None = None) -> int:
                     total = result["requests"] + result.get("warmup_requests", 0)
                     result["server_cpu_us_per_request"] = ((cpu1 - cpu0) / total * 1e6
                                                            if cpu0 is not None and cpu1 is not None and total else None)
+                    result["loadavg"] = loadavg()
                     results[(name, server)].append(result)
                     print(f"[{r + 1}/{args.repeat}] {name:<20} {server:<9} p50 {result['latency_ms']['p50']:.3f} ms  "
                           f"p99 {result['latency_ms']['p99']:.3f} ms  {result['throughput_rps']:,.0f} req/s  "
                           f"server CPU {result['server_cpu_us_per_request'] or float('nan'):.0f} us/req  "
+                          f"client CPU {result.get('client_cpu_us', float('nan')):.0f} us/req  "
+                          f"load {result['loadavg']:.2f}  "
                           f"rows/predict {result.get('mean_batch_rows', float('nan')):.1f}  "
                           f"errors {sum(result['errors'].values())}", flush=True)
         medians = {key: _median_result(runs) for key, runs in results.items()}

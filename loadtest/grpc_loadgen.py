@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import gc
 import json
 import math
 import sys
@@ -309,41 +311,62 @@ def _stream_phase(spec: LoadSpec, channel, payloads: Payloads, metadata):
     codes = {0: "OK", **{c.value[0]: c.name for c in grpc.StatusCode}}
 
     async def one_stream(recorder: Recorder, until: float, window: int, schedule: Callable[[int], float] | None):
+        # Per message: one write, one read, one clock read each side, and a deque append/pop:
+        # the client must cost less than the server it measures (see ``client_cpu_us``).
         call = method(metadata=metadata)
         stamps: collections.deque[float] = collections.deque()
-        slots = asyncio.Semaphore(window)
+        clock, write, read, next_payload = time.perf_counter, call.write, call.read, payloads.next
+        latencies, eof = recorder.latencies, grpc.aio.EOF
+        free = [window]  # closed loop: messages that may still be sent before an answer comes back
+        wake: list[asyncio.Future | None] = [None]
 
         async def writer():
             i = 0
+            loop = asyncio.get_running_loop()
             while True:
                 if schedule is None:
-                    await slots.acquire()
-                    if time.perf_counter() >= until:
+                    if not free[0]:
+                        wake[0] = loop.create_future()
+                        await wake[0]
+                    now = clock()
+                    if now >= until:
                         break
-                    stamps.append(time.perf_counter())
+                    free[0] -= 1
+                    stamps.append(now)
                 else:
                     intended = schedule(i)
                     if intended >= until:
                         break
-                    delay = intended - time.perf_counter()
+                    delay = intended - clock()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     stamps.append(intended)
                     i += 1
                 if call.done():  # refused or failed: the reader reports why
                     return
-                await call.write(payloads.next())
+                await write(next_payload())
             await call.done_writing()
 
         async def reader():
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    return
-                code = codes.get(response.error.code, str(response.error.code)) if response.HasField("error") else "OK"
-                recorder.record(time.perf_counter() - stamps.popleft(), code)
-                if schedule is None:
-                    slots.release()
+            try:
+                while True:
+                    response = await read()
+                    if response is eof:
+                        return
+                    latency = clock() - stamps.popleft()
+                    if response.HasField("error"):
+                        recorder.record(latency, codes.get(response.error.code, str(response.error.code)))
+                    else:
+                        latencies.append(latency)
+                    if schedule is None:
+                        free[0] += 1
+                        waiter = wake[0]
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
+            finally:  # the call ended: a writer waiting for room must not wait for ever
+                waiter = wake[0]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
         tasks = [asyncio.ensure_future(writer()), asyncio.ensure_future(reader())]
         try:
@@ -385,17 +408,36 @@ def _loop_factory(kind: str):
     return uvloop.new_event_loop
 
 
+@contextlib.contextmanager
+def _quiet_gc():
+    """Keep this client's garbage collector from stalling a measurement: what exists before the
+    run (numpy, gRPC, the request pool: tens of thousands of objects) is frozen out of the
+    collector's scans for its duration, so a collection only sees what the run creates."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run_load(spec: LoadSpec) -> dict:
     """Run one load test; returns the summary (also what ``--json`` writes)."""
     if spec.mode == "stream" and spec.protocol != "scorer":
         raise ValueError("--mode stream needs --protocol scorer (KServe v2 here is unary ModelInfer)")
     payloads = _payloads(spec)
     sync = _use_sync(spec)
-    if sync:
-        result = _run_sync(spec, payloads)
-    else:
-        with asyncio.Runner(loop_factory=_loop_factory(spec.event_loop)) as runner:
-            result = runner.run(_run_aio(spec, payloads))
+    cpu0 = time.process_time()
+    with _quiet_gc():
+        if sync:
+            result = _run_sync(spec, payloads)
+        else:
+            with asyncio.Runner(loop_factory=_loop_factory(spec.event_loop)) as runner:
+                result = runner.run(_run_aio(spec, payloads))
+    total = result["requests"] + result.get("warmup_requests", 0)
+    # CPU of this client per request (warm-up included): compare with the server's, to know
+    # which side limits a run on a shared machine.
+    result["client_cpu_us"] = (time.process_time() - cpu0) / total * 1e6 if total else math.nan
     result["spec"] = asdict(spec) | {"auth_token": "***" if spec.auth_token else None}
     result["client"] = "sync" if sync else "aio"
     result["loop"] = "open" if spec.rps is not None else "closed"

@@ -9,6 +9,8 @@ convert messages and call a :class:`Scorer`:
   that predicts off the loop (XGBoost), rows submitted while a prediction runs (or in the
   same event-loop turn) are predicted together in the next call; with the native backend
   (µs per row) each row is predicted at once. A lone request never waits for company.
+  :meth:`Scorer.dispatch` is the same, except that a prediction made at once is returned as
+  ``(scores, version)`` instead of a future (the servicers' path: no future per request).
 
 The served :class:`Model` is swapped atomically (:meth:`Scorer.swap`): a batch is always
 predicted by one model, and its responses carry that model's version.
@@ -115,6 +117,15 @@ class MicroBatcher:
     @property
     def pending_rows(self) -> int:
         return self._pending_rows
+
+    def dispatch(self, rows: np.ndarray) -> tuple[np.ndarray, str] | asyncio.Future:
+        """Like :meth:`submit`, but when the backend runs on the loop and nothing is queued, predict
+        now and return ``(scores, version)`` itself: no future to create and await."""
+        if not self._busy and not self._offload():
+            if self.on_batch is not None:
+                self.on_batch(len(rows))
+            return self._predict(rows)  # exceptions propagate to the caller
+        return self.submit(rows)
 
     def submit(self, rows: np.ndarray) -> asyncio.Future:
         """Queue a (k, n_features) matrix; the future resolves to (k scores, model version)."""
@@ -282,10 +293,11 @@ class Scorer:
         if len(values) != n:
             raise InvalidArgument(f"{field}.values must have {n} values ({self._expected_names()}), "
                                   f"got {len(values)}", field=f"{field}.values")
-        row = np.array(values, dtype=np.float64)
+        row = np.fromiter(values, np.float64, n)  # twice as fast as np.array on a protobuf repeated field
         if names:
             row = row[self._order(names, field)]
-        if not np.isfinite(row).all():
+        check = float(row.dot(row))  # NaN or infinite when a value is (or when squares overflow): then look closer
+        if check - check != 0.0 and not np.isfinite(row).all():
             i = int(np.flatnonzero(~np.isfinite(row))[0])
             original = i if not names else list(names).index(self.feature_names[i])
             raise InvalidArgument(f"{field}.values[{original}] ({self.feature_names[i]}) must be a finite number, "
@@ -348,6 +360,16 @@ class Scorer:
         if self._model is None:
             raise NotReady("no model is loaded yet: the predictor is waiting for the registry's production version")
         return self._batcher.submit(rows)
+
+    def dispatch(self, rows: np.ndarray) -> tuple[np.ndarray, str] | asyncio.Future:
+        """Score checked rows now when the backend runs on the loop (returns ``(scores, version)``),
+        else queue them for the micro-batcher (returns a future of that): call on the event loop.
+
+        ``result = scorer.dispatch(rows)``, then ``if type(result) is not tuple: result = await result``.
+        """
+        if self._model is None:
+            raise NotReady("no model is loaded yet: the predictor is waiting for the registry's production version")
+        return self._batcher.dispatch(rows)
 
     def _predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, str]:
         model = self._model  # one snapshot per batch: every row gets the same version

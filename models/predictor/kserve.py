@@ -81,7 +81,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                                       f'expected "{OUTPUT_NAME}"', field=f"outputs[{i}].name")
         X, raw = self._input(request)
         check_deadline(context)
-        scores, version = await self._scorer.submit(X)
+        result = self._scorer.dispatch(X)
+        if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
+            result = await result
+        scores, version = result
         out = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP64", shape=[len(scores)])
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id,
                                          outputs=[out])

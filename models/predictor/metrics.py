@@ -1,7 +1,7 @@
 """Prometheus metrics of the predictor, on their own registry and HTTP port.
 
 Each :class:`Telemetry` owns a ``CollectorRegistry`` (several servers may live in one test
-process). Label children are cached so one observation is a dict lookup and a lock.
+process).
 
 =========================================  ==============================================
 ``streamscore_predictor_requests_total``   RPCs by ``method`` and status ``code`` (ScoreStream
@@ -12,15 +12,26 @@ process). Label children are cached so one observation is a dict lookup and a lo
 ``streamscore_predictor_model_info``       1 for the served ``version`` (and ``backend``)
 ``streamscore_predictor_reloads_total``    model loads by ``result`` (loaded / refused)
 =========================================  ==============================================
+
+The per-request series (requests, latency, batch rows) are observed on the hot path, once
+or twice per stream message: there they are plain counters (an int added to, a bucket found
+by ``bisect``; no lock, no ``prometheus_client`` call) kept by the event-loop thread that
+serves the RPCs, and turned into metric families only when ``/metrics`` is scraped. A scrape
+from the HTTP thread may see an observation half-recorded (its bucket counted, its sum not
+yet): a histogram's ``_count`` is always the sum of its buckets.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2.5e-3, 5e-3, 10e-3,
                    25e-3, 50e-3, 100e-3, 250e-3, 1.0)
@@ -32,42 +43,100 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class FastHistogram:
+    """A histogram without locks, for observations made by one thread (the event loop)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]):
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: Prometheus "le"
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, as exposed."""
+        counts, out, total = list(self.counts), [], 0
+        for bound, count in zip((*self.bounds, float("inf")), counts):
+            total += count
+            out.append((floatToGoString(bound), float(total)))
+        return out
+
+
+class _HotPathCollector:
+    """Exposes the lock-free series of a :class:`Telemetry` when the registry is scraped."""
+
+    def __init__(self, telemetry: Telemetry):
+        self._t = telemetry
+
+    def describe(self):
+        return []  # collected lazily; no duplicate-name check needed beyond ours
+
+    def collect(self):
+        t = self._t
+        requests = CounterMetricFamily("streamscore_predictor_requests", "RPCs by method and status code",
+                                       labels=["method", "code"])
+        for (method, code), count in list(t.request_counts.items()):
+            requests.add_metric([method, code], float(count))
+        yield requests
+        latency = HistogramMetricFamily("streamscore_predictor_latency_seconds",
+                                        "Server time per RPC (per message for streaming RPCs)", labels=["method"])
+        for method, histogram in list(t.latencies.items()):
+            latency.add_metric([method], histogram.buckets(), histogram.sum)
+        yield latency
+        batch = HistogramMetricFamily("streamscore_predictor_batch_rows", "Rows per prediction (micro-batch size)")
+        batch.add_metric([], t.batch_rows.buckets(), t.batch_rows.sum)
+        yield batch
+
+
 class Telemetry:
+    """The predictor's metrics. ``observe_*`` are meant for the event-loop thread (no locks)."""
+
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("streamscore_predictor_requests", "RPCs by method and status code",
-                                ["method", "code"], registry=r)
-        self.latency = Histogram("streamscore_predictor_latency_seconds",
-                                 "Server time per RPC (per message for streaming RPCs)", ["method"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("streamscore_predictor_batch_rows", "Rows per prediction (micro-batch size)",
-                                    buckets=BATCH_BUCKETS, registry=r)
+        #: (method, code) -> requests answered with that code
+        self.request_counts: dict[tuple[str, str], int] = {}
+        #: method -> server-time histogram of its successful requests
+        self.latencies: dict[str, FastHistogram] = {}
+        self.batch_rows = FastHistogram(BATCH_BUCKETS)
+        r.register(_HotPathCollector(self))
         self.in_flight = Gauge("streamscore_predictor_in_flight", "RPCs being served now", registry=r)
         self.model_info = Gauge("streamscore_predictor_model_info", "1 for the model version being served",
                                 ["version", "backend"], registry=r)
         self.reloads = Counter("streamscore_predictor_reloads", "Model loads by result", ["result"], registry=r)
-        self._requests: dict[tuple[str, str], object] = {}
-        self._latency: dict[str, object] = {}
         self._served: tuple[str, str] | None = None
         self._http = None
 
     def observe_rpc(self, method: str, code: str, seconds: float | None) -> None:
-        child = self._requests.get((method, code))
-        if child is None:
-            child = self._requests[(method, code)] = self.requests.labels(method, code)
-        child.inc()
+        key = (method, code)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
         if seconds is not None and code == "OK":
             self.observe_latency(method, seconds)
 
     def observe_latency(self, method: str, seconds: float) -> None:
-        child = self._latency.get(method)
-        if child is None:
-            child = self._latency[method] = self.latency.labels(method)
-        child.observe(seconds)
+        histogram = self.latencies.get(method)
+        if histogram is None:
+            histogram = self.latencies[method] = FastHistogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    def latency_histogram(self, method: str) -> FastHistogram:
+        """The histogram of ``method`` (callers on the hot path keep it and ``observe`` directly)."""
+        histogram = self.latencies.get(method)
+        if histogram is None:
+            histogram = self.latencies[method] = FastHistogram(LATENCY_BUCKETS)
+        return histogram
 
     def observe_batch(self, rows: int) -> None:
         self.batch_rows.observe(rows)
+
+    def track_in_flight(self, read: Callable[[], float]) -> None:
+        """Report ``read()`` as the RPCs in flight at every scrape (no update per RPC)."""
+        self.in_flight.set_function(read)
 
     def serving(self, version: str, backend: str) -> None:
         if self._served is not None:
@@ -84,7 +153,9 @@ class Telemetry:
         """Expose ``/metrics`` on ``host:port`` (0 picks a free port); returns the bound port."""
         server = make_server(host, port, make_wsgi_app(self.registry), ThreadingWSGIServer,
                              handler_class=_QuietHandler)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+        # The poll interval only bounds how long close() waits; a short one would wake this thread
+        # (and take the GIL from the event loop) many times a second for nothing.
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, daemon=True,
                          name="metrics-http").start()
         self._http = server
         return server.server_port

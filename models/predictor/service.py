@@ -3,17 +3,25 @@
 ``Score`` fails the call on bad input (the status and message come from the core's
 errors). ``ScoreStream`` answers in request order and reports a bad message in that
 message's response (``error``) without ending the stream; conditions of the server (no model
-loaded yet: UNAVAILABLE, overloaded: RESOURCE_EXHAUSTED) end the call, so clients retry. With a backend that predicts off
-the event loop (XGBoost) it pipelines: it keeps reading while earlier messages are being
-predicted, so messages that arrive together share a batch; with native trees (µs, in the
-caller) it answers each message as it reads it.
+loaded yet: UNAVAILABLE, overloaded: RESOURCE_EXHAUSTED) end the call, so clients retry.
+
+``ScoreStream`` uses grpc.aio's reader/writer API: a reader task reads each message as it
+arrives and scores it at once (native trees: µs, on the loop) or hands it to the
+micro-batcher (XGBoost: messages that arrive while a prediction runs share the next one),
+while the call's own coroutine writes the responses in order. Reads and writes are in flight
+together (each completes through gRPC's poller thread; overlapping them halves the round
+trips a message waits for), and per message there is no task, no queue object and, for
+native trees, no future: a tuple appended to a deque.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+
+import grpc
 
 from models.predictor.core import Scorer
 from models.predictor.errors import (DeadlineExceeded, Internal, InvalidArgument, PredictorError, Status,
@@ -30,10 +38,16 @@ SERVER_CONDITIONS = frozenset({Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED})
 #: Messages of one stream that may be read ahead of their responses.
 STREAM_WINDOW = 256
 
+STREAM_MESSAGE = "ScoreStream.message"
+
 _TRANSACTION_UNSUPPORTED = (
     "transaction input is not supported by the predictor: features need per-customer and per-terminal "
     "state, which lives in the streaming job; send features (the values of the feature spec, in order)"
 )
+
+_EOF = grpc.aio.EOF
+_Response = scorer_pb2.ScoreResponse
+_ScoreError = scorer_pb2.ScoreError
 
 
 def check_deadline(context) -> None:
@@ -52,6 +66,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def __init__(self, scorer: Scorer, telemetry=None):
         self._scorer = scorer
         self._telemetry = telemetry
+        self._message_latency = telemetry.latency_histogram(STREAM_MESSAGE) if telemetry is not None else None
+        self._message_counts = telemetry.request_counts if telemetry is not None else None
 
     def _row(self, request: scorer_pb2.ScoreRequest):
         if type(request) is Undecodable:
@@ -71,19 +87,64 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         start = time.perf_counter_ns()
         row = self._row(request)
         check_deadline(context)
-        scores, version = await self._scorer.submit(row)
-        return scorer_pb2.ScoreResponse(transaction_id=request.transaction_id, score=scores[0],
-                                        model_version=version,
-                                        latency_us=(time.perf_counter_ns() - start) // 1000)
+        result = self._scorer.dispatch(row)
+        if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
+            result = await result
+        scores, version = result
+        return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                         latency_us=(time.perf_counter_ns() - start) // 1000)
 
     @rpc("ScoreStream")
     async def ScoreStream(self, request_iterator, context):
-        if self._scorer.offloaded:
-            stream = self._pipelined(request_iterator)
-        else:
-            stream = self._sequential(request_iterator)
-        async for response in stream:
-            yield response
+        # The reader/writer API (a coroutine, not an async generator): responses go out with
+        # context.write, messages come in through context.read in the reader task.
+        pending: collections.deque = collections.deque()  # (request, start ns, outcome), in request order
+        loop = asyncio.get_running_loop()
+        wake: list = [None, None]  # [future the writer waits on, future the reader waits on (window full)]
+        reader = loop.create_task(self._read(context, pending, wake))
+        write, respond = context.write, self._respond
+        try:
+            while True:
+                if pending:
+                    request, start, outcome = pending.popleft()
+                    if wake[1] is not None and not wake[1].done():
+                        wake[1].set_result(None)  # the window has room again
+                    if type(outcome) is not tuple:
+                        outcome = await self._outcome(outcome)
+                    await write(respond(request, start, outcome))
+                elif reader.done():
+                    reader.result()  # re-raises a failure of the request stream itself
+                    return
+                else:
+                    wake[0] = loop.create_future()
+                    await wake[0]
+                    wake[0] = None
+        finally:
+            if reader.done():
+                if not reader.cancelled():
+                    reader.exception()  # retrieved: the writer's own failure is the one reported
+            else:
+                reader.cancel()
+
+    async def _read(self, context, pending: collections.deque, wake: list) -> None:
+        read, submit, now = context.read, self._submit, time.perf_counter_ns
+        try:
+            while True:
+                request = await read()
+                if request is _EOF:
+                    return
+                pending.append((request, now(), submit(request)))
+                waiter = wake[0]
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                if len(pending) >= STREAM_WINDOW:  # let the client's flow control push back
+                    wake[1] = asyncio.get_running_loop().create_future()
+                    await wake[1]
+                    wake[1] = None
+        finally:
+            waiter = wake[0]  # always unblock the writer, even if reading failed
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _respond(self, request, start: int, outcome) -> scorer_pb2.ScoreResponse:
         """The response to one stream message: its score, or what was wrong with it.
@@ -91,23 +152,24 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         Conditions of the server rather than of the message (no model loaded yet, overloaded)
         end the whole call with their status instead, so the client retries the batch.
         """
-        telemetry = self._telemetry
-        if isinstance(outcome, PredictorError):
-            if outcome.status in SERVER_CONDITIONS:
-                raise outcome
-            if telemetry is not None:
-                telemetry.observe_rpc("ScoreStream.message", outcome.status.name, None)
-            return scorer_pb2.ScoreResponse(transaction_id=getattr(request, "transaction_id", ""),
-                                            error=scorer_pb2.ScoreError(code=int(outcome.status),
-                                                                        message=outcome.message))
-        scores, version = outcome
-        elapsed = time.perf_counter_ns() - start
-        if telemetry is not None:
-            telemetry.observe_rpc("ScoreStream.message", "OK", elapsed / 1e9)
-        return scorer_pb2.ScoreResponse(transaction_id=request.transaction_id, score=scores[0],
-                                        model_version=version, latency_us=elapsed // 1000)
+        if type(outcome) is tuple:
+            scores, version = outcome
+            elapsed = time.perf_counter_ns() - start
+            if self._message_latency is not None:
+                counts = self._message_counts
+                counts[(STREAM_MESSAGE, "OK")] = counts.get((STREAM_MESSAGE, "OK"), 0) + 1
+                self._message_latency.observe(elapsed / 1e9)
+            return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                             latency_us=elapsed // 1000)
+        if outcome.status in SERVER_CONDITIONS:
+            raise outcome
+        if self._telemetry is not None:
+            self._telemetry.observe_rpc(STREAM_MESSAGE, outcome.status.name, None)
+        return _Response(transaction_id=getattr(request, "transaction_id", ""),
+                         error=_ScoreError(code=int(outcome.status), message=outcome.message))
 
-    async def _outcome(self, pending):
+    @staticmethod
+    async def _outcome(pending):
         if isinstance(pending, PredictorError):
             return pending
         try:
@@ -118,39 +180,10 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             return _internal(exc)
 
     def _submit(self, request):
+        """Score one message now (native trees: a result tuple) or queue it (a future); or its error."""
         try:
-            return self._scorer.submit(self._row(request))
+            return self._scorer.dispatch(self._row(request))
         except PredictorError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one message failed, not the stream
             return _internal(exc)
-
-    async def _sequential(self, request_iterator):
-        """Native trees predict in the caller, in µs: answer each message as it is read."""
-        async for request in request_iterator:
-            start = time.perf_counter_ns()
-            yield self._respond(request, start, await self._outcome(self._submit(request)))
-
-    async def _pipelined(self, request_iterator):
-        """Predictions off the loop: keep reading while earlier messages are predicted, so that
-        messages arriving together share a batch; answer in request order."""
-        window: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
-        reader = asyncio.ensure_future(self._read(request_iterator, window))
-        try:
-            while (item := await window.get()) is not None:
-                request, start, pending = item
-                yield self._respond(request, start, await self._outcome(pending))
-            await reader  # re-raises a failure of the request stream itself
-        finally:
-            reader.cancel()
-
-    async def _read(self, request_iterator, window: asyncio.Queue) -> None:
-        try:
-            async for request in request_iterator:
-                await window.put((request, time.perf_counter_ns(), self._submit(request)))
-        finally:
-            # Always unblock the writer, even if reading failed (the failure surfaces from `await reader`).
-            try:
-                window.put_nowait(None)
-            except asyncio.QueueFull:
-                await window.put(None)

@@ -155,6 +155,7 @@ def test_runs_against_the_predictor(predictor, tmp_path, capsys, args):
     result = json.loads(out.read_text())
     assert result["errors"] == {} and result["ok"] > 10
     assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
+    assert result["client_cpu_us"] > 0  # the client's own CPU per request, to compare with the server's
     printed = capsys.readouterr().out
     assert "p99.9" in printed and "throughput" in printed
 
@@ -165,6 +166,16 @@ def test_errors_are_counted_by_code(predictor):
         result = lg.run_load(lg.LoadSpec(target=predictor, mode=mode, concurrency=2, duration=0.3, warmup=0,
                                          model_name="nope"))
         assert result["ok"] == 0 and set(result["errors"]) == {"NOT_FOUND"}
+
+
+@pytest.mark.integration
+def test_closed_loop_stream_answers_everything_and_leaves_gc_as_it_was(predictor):
+    import gc
+
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    result = lg.run_load(lg.LoadSpec(target=predictor, mode="stream", concurrency=8, duration=0.4, warmup=0.1))
+    assert result["errors"] == {} and result["ok"] > 50 and result["requests"] == result["ok"]
+    assert gc.get_threshold() == thresholds and gc.get_freeze_count() == frozen and gc.isenabled()
 
 
 def test_bad_arguments_exit_with_a_reason(capsys):

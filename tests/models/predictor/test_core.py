@@ -47,8 +47,14 @@ def test_native_backend_matches_xgboost(params, rounds):
     reference = XGBoostBackend(booster).predict(probe)
     assert native.shape == reference.shape == (len(probe),)
     assert np.max(np.abs(native - reference)) <= 1e-6
-    single = np.array([NativeTreesBackend(booster).predict(probe[i:i + 1])[0] for i in range(20)])
+    backend = NativeTreesBackend(booster)
+    single = np.array([backend.predict(probe[i:i + 1])[0] for i in range(20)])
     assert np.max(np.abs(single - reference[:20])) <= 1e-6
+    for n in range(2, 7):  # a few rows are walked one row (and several trees) at a time, more rows by blocks
+        assert np.max(np.abs(backend.predict(probe[:n]) - reference[:n])) <= 1e-6
+    read_only = np.frombuffer(np.ascontiguousarray(probe[:3]).tobytes()).reshape(3, -1)  # e.g. KServe raw input
+    assert np.max(np.abs(backend.predict(read_only) - reference[:3])) <= 1e-6
+    assert backend.predict(probe[:0]).shape == (0,)
 
 
 @needs_cc

@@ -222,6 +222,57 @@ def test_health_goes_serving_once_a_model_is_loaded(serve, booster, tmp_path):
     assert stub(server.target).Score(request()).model_version.startswith("file-")
 
 
+def test_a_long_stream_answers_every_message_in_order(serve, make_scorer, booster):
+    # More messages than the read-ahead window (STREAM_WINDOW), sent as fast as the client can:
+    # reading pauses while the window is full, and nothing is lost or reordered.
+    server = serve(make_scorer("v2"))
+    X, _ = synthetic(3 * service.STREAM_WINDOW + 7, seed=21)
+    responses = list(stub(server.target).ScoreStream(iter([request(x, tx=str(i)) for i, x in enumerate(X)])))
+    assert [r.transaction_id for r in responses] == [str(i) for i in range(len(X))]
+    assert np.allclose([r.score for r in responses], booster.inplace_predict(X), atol=1e-6)
+    assert all(r.latency_us >= 0 and r.model_version == "v2" for r in responses)
+
+
+def test_a_cancelled_stream_leaves_the_server_clean(serve, make_scorer):
+    server = serve(make_scorer(), max_in_flight=1)
+    client = stub(server.target)
+
+    def endless():
+        while True:
+            yield request()
+            time.sleep(0.001)
+
+    call = client.ScoreStream(endless())
+    assert next(call).model_version == "v1" and next(call).model_version == "v1"
+    # One stream is in flight: with max_in_flight=1 another RPC (unary or stream) is refused.
+    error = rpc_error(lambda: list(client.ScoreStream(iter([request()]))))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1 RPCs in flight" in error.details()
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while server.server.guard.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.server.guard.in_flight == 0  # the stream's reader and writer are gone
+    assert client.Score(request()).model_version == "v1"
+    assert [r.transaction_id for r in client.ScoreStream(iter([request(tx="a"), request(tx="b")]))] == ["a", "b"]
+
+
+def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(serve, make_scorer):
+    server = serve(make_scorer())
+
+    def slow():
+        for i in range(100):
+            yield request(tx=str(i))
+            time.sleep(0.01)
+
+    answered = []
+    with pytest.raises(grpc.RpcError) as info:
+        for response in stub(server.target).ScoreStream(slow(), timeout=0.2):
+            answered.append(response.transaction_id)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answered == [str(i) for i in range(len(answered))] and answered  # in order, until the deadline
+    assert stub(server.target).Score(request()).model_version == "v1"
+
+
 def test_a_stream_without_a_model_fails_the_call_as_retryable(serve, tmp_path):
     server = serve(model_file=tmp_path / "absent.json")
     error = rpc_error(lambda: list(stub(server.target).ScoreStream(iter([request(), request()]))))
@@ -334,7 +385,15 @@ def test_metrics_endpoint(serve, make_scorer):
     for _ in range(3):
         client.Score(request())
     rpc_error(client.Score, request([1.0]))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5).read().decode()
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    deadline = time.monotonic() + 5
+    while True:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        # An aborted RPC's status reaches the client just before its handler returns (and
+        # leaves the in-flight count): give it that moment.
+        if "streamscore_predictor_in_flight 0.0" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert 'streamscore_predictor_requests_total{code="OK",method="Score"} 3.0' in text
     assert 'streamscore_predictor_requests_total{code="INVALID_ARGUMENT",method="Score"} 1.0' in text
     assert 'streamscore_predictor_latency_seconds_count{method="Score"} 3.0' in text
