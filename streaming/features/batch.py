@@ -10,8 +10,11 @@ numpy work itself (``python -m loadtest.bench_featurize``).
 
 Output: one row per input transaction, in the input's event-time order, with
 ``TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID[, TX_FRAUD]`` and the 15 features
-under their reference names (float64, as in the reference file). The Parquet file's
-metadata records ``streamscore.feature_spec_hash`` and ``streamscore.feature_spec``.
+under their reference names (float64, as in the reference file), then the spec's extra
+features if it has any (``--spec extended``: the terminal fraud streak comes with the
+terminal blocks; the derived ones are computed by
+:func:`~streaming.features.windows.derived_features` when the blocks are assembled). The
+Parquet file's metadata records ``streamscore.feature_spec_hash`` and ``streamscore.feature_spec``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,14 @@ import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from streaming.datasets import DatasetError, read_table
-from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.features.windows import MAX_ABS_AMOUNT, customer_features, terminal_features, time_features
+from streaming.features.spec import DEFAULT_SPEC, SPECS, FeatureSpec
+from streaming.features.windows import (
+    MAX_ABS_AMOUNT,
+    customer_features,
+    derived_features,
+    terminal_features,
+    time_features,
+)
 
 KEY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID")
 REQUIRED_COLUMNS = KEY_COLUMNS + ("TX_AMOUNT",)
@@ -149,7 +158,7 @@ def customer_block(shard: KeyShard, spec: FeatureSpec) -> Block:
 
 def terminal_block(shard: KeyShard, spec: FeatureSpec) -> Block:
     """The terminal features of a shard of terminals (each terminal's history at once)."""
-    return _shard_block(shard, terminal_features, spec.terminal_names, spec)
+    return _shard_block(shard, terminal_features, spec.terminal_names + spec.terminal_extra_names, spec)
 
 
 def row_block(df: pd.DataFrame, start: int, stop: int) -> Block:
@@ -169,7 +178,11 @@ def output_columns(has_fraud: bool, spec: FeatureSpec) -> tuple[str, ...]:
 
 
 def assemble(blocks, n_rows: int, spec: FeatureSpec) -> pd.DataFrame:
-    """Scatter blocks (each covering some rows and some columns) into one frame of ``n_rows`` rows."""
+    """Scatter blocks (each covering some rows and some columns) into one frame of ``n_rows`` rows.
+
+    The blocks hold the per-row, customer and terminal features; the spec's derived features
+    are computed here, once every row has all of those values.
+    """
     features = np.empty((len(spec.names), n_rows), dtype=np.float64)  # one C block: no pandas copy
     row_of = {name: i for i, name in enumerate(spec.names)}
     seen: set[str] = set()
@@ -183,9 +196,12 @@ def assemble(blocks, n_rows: int, spec: FeatureSpec) -> pd.DataFrame:
                     others[name] = np.empty(n_rows, dtype=values.dtype)
                 others[name][positions] = values
             seen.add(name)
-    missing = [c for c in output_columns(False, spec) if c not in seen]
+    missing = [c for c in output_columns(False, spec) if c not in seen and c not in spec.derived_names]
     if n_rows and missing or any(c not in seen for c in KEY_COLUMNS):
         raise RuntimeError(f"feature blocks are missing column(s) {missing}")
+    computed = {name: features[row_of[name]] for name in spec.names if name not in spec.derived_names}
+    for name, values in derived_features(computed, spec).items():
+        features[row_of[name]] = values
     parts = [pd.DataFrame({c: others[c]}, copy=False) for c in output_columns("TX_FRAUD" in others, spec) if c in others]
     parts.append(pd.DataFrame(features.T, columns=list(spec.names), copy=False))
     return pd.concat(parts, axis=1)
@@ -414,6 +430,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Compute the reference features of every transaction in a file (batch, Apache Beam).")
     parser.add_argument("--input", required=True, help="transactions file (.parquet or .jsonl, reference layout)")
     parser.add_argument("--out", required=True, help="features Parquet file to write")
+    parser.add_argument("--spec", choices=sorted(SPECS), default="default",
+                        help="feature set: default (the 15 reference features) or extended "
+                             "(plus the terminal fraud streak and the amount ratios); --windows/--delay-days still apply")
     parser.add_argument("--windows", type=_windows_arg, default=None,
                         help="customer and terminal window lengths in days (default 1,7,30)")
     parser.add_argument("--delay-days", type=int, default=DEFAULT_SPEC.delay_days,
@@ -432,7 +451,7 @@ def run(argv: list[str] | None = None) -> Path:
     args, beam_args = parser.parse_known_args(argv)
     try:
         spec = FeatureSpec(args.windows or DEFAULT_SPEC.customer_windows,
-                           args.windows or DEFAULT_SPEC.terminal_windows, args.delay_days)
+                           args.windows or DEFAULT_SPEC.terminal_windows, args.delay_days, SPECS[args.spec].extra)
     except ValueError as exc:
         parser.error(str(exc))
     if Path(args.out).suffix.lower() != ".parquet":

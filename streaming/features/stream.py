@@ -29,7 +29,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from streaming.events import DeadLetter, Label, Transaction, dead_letter, encode
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
-from streaming.features.windows import CustomerState, LateEventError, TerminalState
+from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
 from streaming.labelled import FeatureStore
 
 DEAD_LETTER = "dead_letter"
@@ -157,6 +157,7 @@ class TerminalStateFn(beam.DoFn):
             return
         state.write(current)
         values = {**transaction_features(tx), **customer, **terminal}
+        values.update(derived_features(values, self.spec))
         featured = FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
         if self.keep_examples_days:
             store = self._store(scored)

@@ -11,6 +11,11 @@ and the predictor all run exactly this. Two forms of the same definition:
   complete, time-ordered data the two agree except that a transaction emitted before a
   same-time twin has arrived cannot count that twin (the batch value counts both).
 
+Extra feature groups of a spec (``spec.extra``): the terminal fraud streak is part of both
+terminal forms above (its columns follow the terminal ones); the derived features are one
+function for both forms, :func:`derived_features`, a pure function of a transaction's other
+values applied element-wise to whole columns (batch) or to one event's floats (streaming).
+
 Times are int64 nanoseconds of UTC event time. Windows are in event time:
 
 * customer window n: transactions of the customer with time in ``(t - n days, t]`` —
@@ -135,7 +140,8 @@ def terminal_features(times_ns, frauds, spec: FeatureSpec = DEFAULT_SPEC) -> dic
     """Count and fraud rate over ``(t - (delay + n) days, t - delay days]`` for ONE terminal.
 
     ``frauds`` holds 1 for a transaction known to be fraud, else 0. Risk is 0 when the count
-    is 0. Returns float64 arrays under ``spec.terminal_names``.
+    is 0. Returns float64 arrays under ``spec.terminal_names``, then ``spec.terminal_extra_names``
+    (the fraud streak over the longest window, when the spec has it).
     """
     times = _as_times(times_ns)
     fraud = np.asarray(frauds)
@@ -155,6 +161,78 @@ def terminal_features(times_ns, frauds, spec: FeatureSpec = DEFAULT_SPEC) -> dic
         np.divide(nfraud.astype(np.float64), count.astype(np.float64), out=risk, where=count > 0)
         out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = count.astype(np.float64)
         out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = risk
+    if spec.terminal_extra_names:
+        lo = np.searchsorted(times, end - spec.terminal_windows[-1] * DAY_NS, side="right")
+        # index of the latest genuine transaction before each position (-1: none)
+        genuine = np.where(fraud == 0, np.arange(times.size), -1)
+        j = np.concatenate(([-1], np.maximum.accumulate(genuine)))[hi]
+        # frauds at the very time of that genuine transaction do not count (order-free ties)
+        after = np.where(j >= 0, np.searchsorted(times, times[np.maximum(j, 0)], side="right"), 0)
+        start = np.maximum(after, lo)  # the streak: positions start..hi-1, all frauds
+        streak = hi - start  # >= 0: j < hi, and hi is past every time <= t - delay
+        first = times[np.minimum(start, times.size - 1)] if times.size else times
+        days = np.zeros(times.size, dtype=np.float64)
+        np.divide((times - first).astype(np.float64), float(DAY_NS), out=days, where=streak > 0)
+        streak_name, days_name = spec.terminal_extra_names
+        out[streak_name] = streak.astype(np.float64)
+        out[days_name] = days
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# derived features: one function for columns and for single events
+# ---------------------------------------------------------------------------------------
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` (IEEE float64), 0 where the denominator is not > 0."""
+    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _column(values, name: str) -> np.ndarray:
+    return np.asarray(values[name], dtype=np.float64)
+
+
+def _amount_ratios(values, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    amount = _column(values, "TX_AMOUNT")
+    longest = spec.customer_windows[-1]
+    avg = {n: _column(values, f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW") for n in spec.customer_windows}
+    out = {f"CUSTOMER_ID_AMOUNT_RATIO_{n}DAY_WINDOW": _ratio(amount, avg[n]) for n in spec.customer_windows}
+    for n in spec.customer_windows[:-1]:
+        out[f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_TO_{longest}DAY_RATIO"] = _ratio(avg[n], avg[longest])
+    return out
+
+
+_DERIVED = {"amount_ratios": _amount_ratios}
+
+
+def derived_features(values, spec: FeatureSpec = DEFAULT_SPEC) -> dict:
+    """The derived features of ``spec`` (``spec.derived_names``) from its other values.
+
+    ``values`` maps reference feature names to either one event's numbers (the result then
+    holds Python floats) or equally long 1-d arrays, one entry per transaction (the result
+    holds float64 arrays). Both go through the same numpy code, so an event's values equal
+    its row of the columns bit for bit. Empty for a spec without derived groups.
+
+    >>> from streaming.features.spec import EXTENDED_SPEC
+    >>> one = {"TX_AMOUNT": 50.0, "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW": 50.0,
+    ...        "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW": 20.0, "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW": 10.0}
+    >>> derived_features(one, EXTENDED_SPEC)["CUSTOMER_ID_AMOUNT_RATIO_30DAY_WINDOW"]
+    5.0
+    >>> columns = {k: np.array([v, 0.0]) for k, v in one.items()}
+    >>> derived_features(columns, EXTENDED_SPEC)["CUSTOMER_ID_AVG_AMOUNT_7DAY_TO_30DAY_RATIO"].tolist()
+    [2.0, 0.0]
+    """
+    if not spec.derived_names:
+        return {}
+    scalar = np.ndim(values["TX_AMOUNT"]) == 0
+    out: dict = {}
+    for group in spec.extra:
+        if group in _DERIVED:
+            out.update(_DERIVED[group](values, spec))
+    if scalar:
+        return {name: float(value) for name, value in out.items()}
     return out
 
 
@@ -163,8 +241,8 @@ def terminal_features(times_ns, frauds, spec: FeatureSpec = DEFAULT_SPEC) -> dic
 # ---------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=64)
-def _spec_from_fields(customer_windows, terminal_windows, delay_days) -> FeatureSpec:
-    return FeatureSpec(customer_windows, terminal_windows, delay_days)
+def _spec_from_fields(customer_windows, terminal_windows, delay_days, extra=()) -> FeatureSpec:
+    return FeatureSpec(customer_windows, terminal_windows, delay_days, extra)
 
 
 def _time_ns(value) -> int:
@@ -174,7 +252,8 @@ def _time_ns(value) -> int:
 
 
 def _spec_fields(spec: FeatureSpec) -> tuple:
-    return (spec.customer_windows, spec.terminal_windows, spec.delay_days)
+    fields = (spec.customer_windows, spec.terminal_windows, spec.delay_days)
+    return fields + (spec.extra,) if spec.extra else fields  # reference states pickle as before
 
 
 class _KeyState:
@@ -403,7 +482,23 @@ class TerminalState(_KeyState):
             count = hi - lo
             out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = float(count)
             out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = float(sum(frauds[lo:hi])) / float(count) if count else 0.0
+        if self.spec.terminal_extra_names:
+            out.update(self._streak_at(t, end, hi))
         return out
+
+    def _streak_at(self, t: int, end: int, hi: int) -> dict[str, float]:
+        """The fraud streak over the longest window: frauds later than its latest genuine transaction."""
+        times, frauds = self._times, self._frauds
+        lo = bisect_right(times, end - self.spec.terminal_windows[-1] * DAY_NS)
+        j = hi - 1
+        while j >= lo and frauds[j]:
+            j -= 1
+        # frauds at the very time of that genuine transaction (in any arrival order) do not count
+        start = bisect_right(times, times[j]) if j >= lo else lo
+        streak = hi - start
+        streak_name, days_name = self.spec.terminal_extra_names
+        return {streak_name: float(streak),
+                days_name: float(t - times[start]) / float(DAY_NS) if streak else 0.0}
 
     def _prune(self) -> int:
         k = super()._prune()
@@ -423,5 +518,5 @@ class TerminalState(_KeyState):
 
 __all__ = [
     "DAY_NS", "HOUR_NS", "LateEventError", "amount_cents", "time_features",
-    "customer_features", "terminal_features", "CustomerState", "TerminalState",
+    "customer_features", "terminal_features", "derived_features", "CustomerState", "TerminalState",
 ]
