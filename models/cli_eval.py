@@ -8,6 +8,9 @@ Two modes:
 * ``--model VERSION|production`` — score a registered model (checksums and feature spec
   verified) on the test period that follows its training data, or on ``--train-start``'s.
 
+The feature spec is the one the table records (``streamscore featurize --spec``), or the
+named one with ``--spec`` (a table recording another is refused).
+
 ``--json`` and ``--report`` also write the full result and an HTML report.
 """
 
@@ -17,8 +20,16 @@ import argparse
 import json
 import sys
 
-from models.evaluation import HANDBOOK_RESULTS, PROTOCOLS, Split, read_feature_table
-from models.training import GRIDS, FoldOutcome, add_model_arguments, apply_tree_method, make_folds, run_protocol
+from models.evaluation import HANDBOOK_RESULTS, PROTOCOLS, Split, feature_table_spec, read_feature_table
+from models.training import (
+    GRIDS,
+    FoldOutcome,
+    add_model_arguments,
+    add_spec_argument,
+    apply_tree_method,
+    make_folds,
+    run_protocol,
+)
 
 #: The grid each protocol uses unless ``--grid`` says otherwise.
 PROTOCOL_GRIDS = {"handbook-ch3": "default", "handbook-ch5": "handbook"}
@@ -63,13 +74,14 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-days", type=int, help="--model: label delay (default: the model's)")
     parser.add_argument("--test-days", type=int, help="--model: test days (default: the model's)")
     add_model_arguments(parser, grid=None)  # None: the protocol's own (handbook-ch3: default, handbook-ch5: handbook)
+    add_spec_argument(parser)
     parser.add_argument("--json", dest="json_out", help="also write the full result as JSON here")
     parser.add_argument("--report", help="also write an HTML report here")
     args = parser.parse_args(argv)
 
     from models.report import write_report
-    from streaming.features.spec import DEFAULT_SPEC as spec
 
+    spec = feature_table_spec(args.features, args.spec)
     table = read_feature_table(args.features, spec.names, spec.spec_hash)
     if args.protocol:
         grid_name = args.grid or PROTOCOL_GRIDS[args.protocol]
@@ -78,6 +90,7 @@ def run(argv: list[str] | None = None) -> int:
                                select_by=args.select_by, seed=args.seed, nthread=args.nthread)
         result = outcome.to_dict()
         result.update(grid=grid_name, tree_method=args.tree_method, seed=args.seed,
+                      feature_spec={"hash": spec.spec_hash, "extra": list(spec.extra), "n_features": len(spec.names)},
                       handbook=HANDBOOK_RESULTS.get(args.protocol))
         folds = outcome.folds
         report_args = {"title": f"streamscore evaluate --protocol {args.protocol} (grid {grid_name})",

@@ -311,6 +311,53 @@ HANDBOOK_RESULTS = {
 
 #: Where ``streamscore featurize`` records the feature spec hash in the Parquet metadata.
 SPEC_HASH_KEY = b"streamscore.feature_spec_hash"
+#: ... and the spec itself (``FeatureSpec.to_dict()`` as JSON).
+SPEC_KEY = b"streamscore.feature_spec"
+
+
+def feature_table_spec(path: str | Path, name: str | None = None):
+    """The :class:`~streaming.features.spec.FeatureSpec` to read the feature table at ``path`` with.
+
+    With ``name`` (``default`` or ``extended``) that named spec; :func:`read_feature_table`
+    then refuses a table that records another. Without, the spec the table records — rebuilt
+    from its parameters by this code, and refused unless its hash is the recorded one (the
+    table was computed by a different feature definition) — or the reference spec when the
+    table records none (e.g. one joined from the reference files).
+    """
+    import json
+
+    from streaming.features.spec import DEFAULT_SPEC, SPECS, FeatureSpec
+
+    if name is not None:
+        if name not in SPECS:
+            raise ValueError(f"unknown feature spec {name!r}; expected one of {', '.join(sorted(SPECS))}")
+        return SPECS[name]
+    metadata = _parquet_metadata(path)
+    recorded_hash, recorded = metadata.get(SPEC_HASH_KEY), metadata.get(SPEC_KEY)
+    if recorded is None:
+        return DEFAULT_SPEC
+    try:
+        spec = FeatureSpec.from_dict(json.loads(recorded))
+    except (ValueError, TypeError) as exc:  # also json.JSONDecodeError
+        raise ValueError(f"feature table {str(path)!r} records a feature spec this code cannot read: {exc}") from exc
+    if recorded_hash is not None and recorded_hash.decode() != spec.spec_hash:
+        raise ValueError(f"feature table {str(path)!r} was computed with feature spec {recorded_hash.decode()[:12]}…, "
+                         f"but this code computes those features as spec {spec.spec_hash[:12]}…; "
+                         f"re-run `streamscore featurize` with the current code")
+    return spec
+
+
+def _parquet_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"feature table {str(path)!r} does not exist")
+    if path.suffix.lower() != ".parquet":
+        raise ValueError(f"feature table {str(path)!r}: expected a .parquet file, got {path.suffix or 'no extension'!r}")
+    try:
+        import pyarrow.parquet as pq
+        return dict(pq.read_schema(path).metadata or {})
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"feature table {str(path)!r} could not be read: {exc}") from exc
 
 
 def read_feature_table(path: str | Path, feature_names: Sequence[str], spec_hash: str | None = None) -> pd.DataFrame:
