@@ -3,17 +3,20 @@
 Transports (``service.py`` for ``streamscore.v1.Scorer``, ``kserve.py`` for KServe v2) only
 convert messages and call a :class:`Scorer`:
 
-* :meth:`Scorer.score_one` / :meth:`Scorer.score_many` — synchronous, for in-process callers
-  and the benchmark floor;
+* :meth:`Scorer.score_one` / :meth:`Scorer.score_many` — synchronous, production model only,
+  for in-process callers and the benchmark floor;
 * :meth:`Scorer.submit` — the asyncio path, through a :class:`MicroBatcher`: with a backend
   that predicts off the loop (XGBoost), rows submitted while a prediction runs (or in the
   same event-loop turn) are predicted together in the next call; with the native backend
   (µs per row) each row is predicted at once. A lone request never waits for company.
-  :meth:`Scorer.dispatch` is the same, except that a prediction made at once is returned as
-  ``(scores, version)`` instead of a future (the servicers' path: no future per request).
+  :meth:`Scorer.dispatch` is the same, except that a prediction made at once is returned
+  itself instead of a future (the servicers' path: no future per request).
 
 The served :class:`Model` is swapped atomically (:meth:`Scorer.swap`): a batch is always
-predicted by one model, and its responses carry that model's version.
+predicted by one model, and its responses carry that model's version. Next to it the scorer
+may hold an online (River) model (:meth:`Scorer.swap_online`, see ``online.py``): then every
+batch is also predicted by it, and the transports' results are
+``(scores, version, online_scores, online_version)`` (the last two ``None`` without one).
 
 >>> import numpy as np
 >>> class Half:  # any backend: predict(X) -> scores
@@ -39,10 +42,15 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import logging
+
 import numpy as np
 
 from models.predictor.backends import Backend, make_backend
 from models.predictor.errors import InvalidArgument, ModelNotFound, NotReady, Overloaded
+from models.predictor.online import OnlineModel
+
+log = logging.getLogger(__name__)
 
 #: The alias every client may use for the registry's production model.
 PRODUCTION = "production"
@@ -83,7 +91,9 @@ def _describe(value: float) -> str:
 class MicroBatcher:
     """Predict rows that arrive together in one call, without waiting for more to arrive.
 
-    ``submit(rows)`` queues rows and returns a future of ``(scores, version)``.
+    ``submit(rows)`` queues rows and returns a future of what ``predict`` returns for them: a
+    tuple such as ``(scores, version)``, whose arrays hold one value per row (when rows of
+    several callers were predicted together, each caller gets its own slice of every array).
 
     * Backends that predict off the event loop (``offload()`` true: XGBoost, ~100 µs of fixed
       cost per call) run one prediction at a time on a one-thread executor; rows submitted
@@ -97,7 +107,7 @@ class MicroBatcher:
     without limit.
     """
 
-    def __init__(self, predict: Callable[[np.ndarray], tuple[np.ndarray, str]], *,
+    def __init__(self, predict: Callable[[np.ndarray], tuple], *,
                  offload: Callable[[], bool] = lambda: False, max_batch_size: int = 256,
                  max_pending: int = 16384, executor: Executor | None = None,
                  on_batch: Callable[[int], None] | None = None):
@@ -118,9 +128,9 @@ class MicroBatcher:
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    def dispatch(self, rows: np.ndarray) -> tuple[np.ndarray, str] | asyncio.Future:
+    def dispatch(self, rows: np.ndarray) -> tuple | asyncio.Future:
         """Like :meth:`submit`, but when the backend runs on the loop and nothing is queued, predict
-        now and return ``(scores, version)`` itself: no future to create and await."""
+        now and return the result itself: no future to create and await."""
         if not self._busy and not self._offload():
             if self.on_batch is not None:
                 self.on_batch(len(rows))
@@ -198,18 +208,17 @@ class MicroBatcher:
             self._busy = False
 
     @staticmethod
-    def _resolve(batch, result: tuple[np.ndarray, str]) -> None:
-        scores, version = result
+    def _resolve(batch, result: tuple) -> None:
         if len(batch) == 1:
             future = batch[0][1]
             if not future.done():
-                future.set_result((scores, version))
+                future.set_result(result)
             return
         start = 0
         for rows, future in batch:
             stop = start + len(rows)
             if not future.done():
-                future.set_result((scores[start:stop], version))
+                future.set_result(tuple(v[start:stop] if isinstance(v, np.ndarray) else v for v in result))
             start = stop
 
     @staticmethod
@@ -224,7 +233,7 @@ class MicroBatcher:
 
 
 class Scorer:
-    """Scores feature vectors with the current production model.
+    """Scores feature vectors with the current production model (and the online model, if any).
 
     Parameters
     ----------
@@ -242,6 +251,8 @@ class Scorer:
         self.feature_names = tuple(feature_names) if feature_names is not None else default_feature_names()
         self.name = name
         self._model: Model | None = None
+        self._online: OnlineModel | None = None
+        self.online_failures = 0  # batches whose online prediction raised (they were served without it)
         self._n = len(self.feature_names)
         self._order_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._batcher = MicroBatcher(self._predict_batch, offload=self._offload, max_batch_size=max_batch_size,
@@ -267,6 +278,17 @@ class Scorer:
             raise ValueError(f"model {model.version} expects features {list(model.feature_names)}, "
                              f"this scorer serves {list(self.feature_names)}")
         self._model = model
+
+    @property
+    def online_model(self) -> OnlineModel | None:
+        return self._online
+
+    def swap_online(self, model: OnlineModel | None) -> None:
+        """Serve ``model`` as the online model from now on (None: no online scores); atomic like :meth:`swap`."""
+        if model is not None and tuple(model.feature_names) != self.feature_names:
+            raise ValueError(f"online model {model.version} expects features {list(model.feature_names)}, "
+                             f"this scorer serves {list(self.feature_names)}")
+        self._online = model
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -346,34 +368,46 @@ class Scorer:
     # -- scoring ------------------------------------------------------------------------
 
     def score_one(self, values: Sequence[float], names: Sequence[str] = ()) -> tuple[float, str]:
-        """Score one feature vector now: ``(score, model_version)``."""
+        """Score one feature vector now with the production model: ``(score, model_version)``."""
         model = self.resolve("")
         return float(model.predict(self.features_row(values, names))[0]), model.version
 
     def score_many(self, matrix) -> tuple[np.ndarray, str]:
-        """Score a (rows, n_features) matrix now: ``(scores, model_version)``."""
+        """Score a (rows, n_features) matrix now with the production model: ``(scores, model_version)``."""
         model = self.resolve("")
         return model.predict(self.check_matrix(np.asarray(matrix, dtype=np.float64), field="matrix")), model.version
 
     def submit(self, rows: np.ndarray) -> asyncio.Future:
-        """Queue checked rows for the micro-batcher (call on the event loop); await the result."""
+        """Queue checked rows for the micro-batcher (call on the event loop); await
+        ``(scores, version, online_scores, online_version)``."""
         if self._model is None:
             raise NotReady("no model is loaded yet: the predictor is waiting for the registry's production version")
         return self._batcher.submit(rows)
 
-    def dispatch(self, rows: np.ndarray) -> tuple[np.ndarray, str] | asyncio.Future:
-        """Score checked rows now when the backend runs on the loop (returns ``(scores, version)``),
+    def dispatch(self, rows: np.ndarray) -> tuple | asyncio.Future:
+        """Score checked rows now when the backend runs on the loop (returns the result tuple),
         else queue them for the micro-batcher (returns a future of that): call on the event loop.
 
-        ``result = scorer.dispatch(rows)``, then ``if type(result) is not tuple: result = await result``.
+        ``result = scorer.dispatch(rows)``, then ``if type(result) is not tuple: result = await result``;
+        ``scores, version, online_scores, online_version = result``.
         """
         if self._model is None:
             raise NotReady("no model is loaded yet: the predictor is waiting for the registry's production version")
         return self._batcher.dispatch(rows)
 
-    def _predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        model = self._model  # one snapshot per batch: every row gets the same version
-        return model.predict(X), model.version
+    def _predict_batch(self, X: np.ndarray) -> tuple[np.ndarray, str, np.ndarray | None, str | None]:
+        model, online = self._model, self._online  # one snapshot per batch: every row gets the same versions
+        scores = model.predict(X)
+        if online is None:
+            return scores, model.version, None, None
+        try:
+            return scores, model.version, online.predict(X), online.version
+        except Exception:  # noqa: BLE001 - the online model must never cost a production score
+            self.online_failures += 1
+            if self.online_failures == 1 or self.online_failures % 10_000 == 0:
+                log.exception("online model %s failed to predict (%d batches so far); serving production scores "
+                              "without online scores", online.version, self.online_failures)
+            return scores, model.version, None, None
 
     def _offload(self) -> bool:
         model = self._model

@@ -84,7 +84,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         result = self._scorer.dispatch(X)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
-        scores, version = result
+        scores, version, _, _ = result
         out = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP64", shape=[len(scores)])
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id,
                                          outputs=[out])

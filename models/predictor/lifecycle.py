@@ -1,11 +1,14 @@
-"""Model lifecycle: follow the registry's ``production`` alias and hot-swap without a failed request.
+"""Model lifecycle: follow the registry's ``production`` and ``online`` aliases and hot-swap
+without a failed request.
 
-:class:`ModelWatcher` polls the alias. When it moves (promote or rollback) the new version is
-loaded off the event loop, verified, warmed up and only then swapped in with one reference
-assignment (:meth:`Scorer.swap`): requests in flight finish on the old model, the next
-batch uses the new one. A version that fails any step is refused — the old model keeps
-serving, the refusal is logged and counted, and it is retried only after
-``retry_refused`` seconds (versions are immutable, so retrying sooner cannot help).
+:class:`ModelWatcher` polls one alias. When it moves (promote or rollback; a new online
+snapshot) the new version is loaded off the event loop, verified, warmed up and only then
+swapped in with one reference assignment (:meth:`Scorer.swap`, :meth:`Scorer.swap_online`):
+requests in flight finish on the old model, the next batch uses the new one. A version that
+fails any step is refused — the old model keeps serving, the refusal is logged and counted,
+and it is retried only after ``retry_refused`` seconds (versions are immutable, so retrying
+sooner cannot help). The predictor runs one watcher per alias; an absent ``online`` alias is
+normal (responses then carry no online score).
 
 Steps of :func:`load_model`:
 
@@ -15,6 +18,10 @@ Steps of :func:`load_model`:
 4. warm-up: score a fixed set of rows through the chosen backend; every score must be finite
    (and in [0, 1] for probabilities), and a native backend must agree with XGBoost to 1e-6
    (with ``--backend auto`` a disagreeing native backend is replaced by XGBoost, not refused).
+
+Online snapshots go through :func:`models.predictor.online.load_online_model`: checksums and
+spec hash (the registry's ``load_online``), feature names, and a warm-up whose probabilities
+must be finite and in [0, 1].
 """
 
 from __future__ import annotations
@@ -32,8 +39,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.predictor.backends import XGBoostBackend
-from models.predictor.core import Model, Scorer
+from models.predictor.core import PRODUCTION, Model, Scorer
 from models.predictor.errors import ModelRejected
+from models.predictor.online import OnlineModel, load_online_model
+
+#: The registry alias of the online (River) model.
+ONLINE = "online"
+ALIASES = (PRODUCTION, ONLINE)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,14 @@ class RegistrySource:
     def load(self, version: str) -> tuple[Any, Mapping[str, Any]]:
         loaded = self._registry.load(version, expected_spec_hash=self.spec_hash)
         return loaded.booster, loaded.metadata
+
+    def online_version(self) -> str | None:
+        return self._registry.alias(ONLINE)["version"]
+
+    def load_online(self, version: str) -> tuple[Any, Mapping[str, Any]]:
+        """``(OnlineLearner, metadata)``: the registry verifies checksums and the spec hash first."""
+        _, learner = self._registry.load_online(version, expected_spec_hash=self.spec_hash)
+        return learner, self._registry.metadata(version)
 
 
 class FileSource:
@@ -178,13 +198,23 @@ def warm_up(model: Model, booster) -> None:
 
 
 class ModelWatcher:
-    """Keep ``scorer`` on the version the production alias points at."""
+    """Keep one of ``scorer``'s models on the version a registry alias points at.
 
-    def __init__(self, scorer: Scorer, source: ModelSource | str | Path, *, poll_interval: float = 2.0,
-                 backend: str = "auto", spec_hash: str | None = None, telemetry=None,
-                 on_swap: Callable[[Model], Awaitable[None] | None] | None = None,
-                 retry_refused: float = 60.0, keep: int = 2, clock: Callable[[], float] = time.monotonic):
+    ``alias="production"`` (the default) follows the production XGBoost model
+    (:func:`load_model`, :meth:`Scorer.swap`); ``alias="online"`` follows the online River
+    snapshots (:func:`~models.predictor.online.load_online_model`, :meth:`Scorer.swap_online`;
+    the source must have ``online_version`` and ``load_online``, as :class:`RegistrySource` does).
+    """
+
+    def __init__(self, scorer: Scorer, source: ModelSource | str | Path, *, alias: str = PRODUCTION,
+                 poll_interval: float = 2.0, backend: str = "auto", spec_hash: str | None = None, telemetry=None,
+                 on_swap: Callable[[Model | OnlineModel], Awaitable[None] | None] | None = None,
+                 retry_refused: float = 60.0, keep: int = 2, clock: Callable[[], float] = time.monotonic,
+                 online_fast: bool = True):
+        if alias not in ALIASES:
+            raise ValueError(f"alias must be one of {', '.join(ALIASES)}, got {alias!r}")
         self.scorer = scorer
+        self.alias = alias
         self.spec_hash = spec_hash or default_spec_hash()
         self.source = RegistrySource(source, self.spec_hash) if isinstance(source, (str, Path)) else source
         self.poll_interval = poll_interval
@@ -193,9 +223,41 @@ class ModelWatcher:
         self.on_swap = on_swap
         self.retry_refused = retry_refused
         self.clock = clock
+        self.online_fast = online_fast
         self.refused: dict[str, tuple[str, float]] = {}  # version -> (reason, when)
-        self._recent: collections.OrderedDict[str, Model] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[str, Model | OnlineModel] = collections.OrderedDict()
         self._keep = keep
+        if alias == ONLINE and not callable(getattr(self.source, "online_version", None)):
+            raise ValueError(f"{type(self.source).__name__} has no online models (online_version/load_online)")
+        self._label = "" if alias == PRODUCTION else "online "  # in log messages
+
+    # -- the alias this watcher follows -------------------------------------------------
+
+    def _version(self) -> str | None:
+        return self.source.production_version() if self.alias == PRODUCTION else self.source.online_version()
+
+    def _current(self) -> Model | OnlineModel | None:
+        return self.scorer.model if self.alias == PRODUCTION else self.scorer.online_model
+
+    def _load(self, version: str) -> Model | OnlineModel:
+        if self.alias == PRODUCTION:
+            return load_model(self.source, version, spec_hash=self.spec_hash, feature_names=self.scorer.feature_names,
+                              backend=self.backend)
+        return load_online_model(self.source, version, spec_hash=self.spec_hash,
+                                 feature_names=self.scorer.feature_names,
+                                 rows=warm_up_rows(len(self.scorer.feature_names)), fast=self.online_fast)
+
+    def _swap(self, model: Model | OnlineModel) -> None:
+        if self.alias == PRODUCTION:
+            self.scorer.swap(model)
+        else:
+            self.scorer.swap_online(model)
+
+    def _count(self, result: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.reload(result, self.alias)
+
+    # -- polling ------------------------------------------------------------------------
 
     async def run(self) -> None:
         while True:
@@ -208,13 +270,13 @@ class ModelWatcher:
     async def check(self) -> str:
         """One poll: ``"loaded"``, ``"unchanged"``, ``"absent"``, ``"refused"`` or ``"error"``."""
         try:
-            version = await asyncio.to_thread(self.source.production_version)
+            version = await asyncio.to_thread(self._version)
         except Exception as exc:  # noqa: BLE001 - a registry hiccup must not stop serving
-            log.warning("could not read the production alias: %s", exc)
+            log.warning("could not read the %s alias: %s", self.alias, exc)
             return "error"
         if version is None:
             return "absent"
-        current = self.scorer.model
+        current = self._current()
         if current is not None and current.version == version:
             return "unchanged"
         refused = self.refused.get(version)
@@ -223,24 +285,22 @@ class ModelWatcher:
         model = self._recent.get(version)
         if model is None:
             try:
-                model = await asyncio.to_thread(load_model, self.source, version, spec_hash=self.spec_hash,
-                                                feature_names=self.scorer.feature_names, backend=self.backend)
+                model = await asyncio.to_thread(self._load, version)
             except ModelRejected as exc:
                 self.refused[version] = (exc.message, self.clock())
-                log.error("refusing version %s (still serving %s): %s", version,
+                log.error("refusing %sversion %s (still serving %s): %s", self._label, version,
                           current.version if current else "nothing", exc.message)
-                if self.telemetry is not None:
-                    self.telemetry.reload("refused")
+                self._count("refused")
                 return "refused"
-        self.scorer.swap(model)
+        self._swap(model)
         self.refused.pop(version, None)
         if current is not None:
             self._remember(current)
         self._remember(model)
-        log.info("serving version %s (%s backend), was %s", version, model.backend.name,
+        kind = f"{model.backend.name} backend" if isinstance(model, Model) else f"{model.form.name} form"
+        log.info("serving %sversion %s (%s), was %s", self._label, version, kind,
                  current.version if current else "nothing")
-        if self.telemetry is not None:
-            self.telemetry.reload("loaded")
+        self._count("loaded")
         if self.on_swap is not None:
             result = self.on_swap(model)
             if asyncio.iscoroutine(result):

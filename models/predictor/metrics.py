@@ -11,6 +11,9 @@ process).
 ``streamscore_predictor_in_flight``        RPCs being served now
 ``streamscore_predictor_model_info``       1 for the served ``version`` (and ``backend``)
 ``streamscore_predictor_reloads_total``    model loads by ``result`` (loaded / refused)
+``streamscore_predictor_online_model_info``  1 for the served online (River) ``version``
+                                           (and ``form``: numpy / river); absent without one
+``streamscore_predictor_online_reloads_total``  online snapshot loads by ``result``
 =========================================  ==============================================
 
 The per-request series (requests, latency, batch rows) are observed on the hot path, once
@@ -108,7 +111,13 @@ class Telemetry:
         self.model_info = Gauge("streamscore_predictor_model_info", "1 for the model version being served",
                                 ["version", "backend"], registry=r)
         self.reloads = Counter("streamscore_predictor_reloads", "Model loads by result", ["result"], registry=r)
+        self.online_model_info = Gauge("streamscore_predictor_online_model_info",
+                                       "1 for the online (River) model version being served", ["version", "form"],
+                                       registry=r)
+        self.online_reloads = Counter("streamscore_predictor_online_reloads", "Online model snapshot loads by result",
+                                      ["result"], registry=r)
         self._served: tuple[str, str] | None = None
+        self._served_online: tuple[str, str] | None = None
         self._http = None
 
     def observe_rpc(self, method: str, code: str, seconds: float | None) -> None:
@@ -144,8 +153,15 @@ class Telemetry:
         self._served = (version, backend)
         self.model_info.labels(version, backend).set(1)
 
-    def reload(self, result: str) -> None:
-        self.reloads.labels(result).inc()
+    def serving_online(self, version: str, form: str) -> None:
+        if self._served_online is not None:
+            self.online_model_info.remove(*self._served_online)
+        self._served_online = (version, form)
+        self.online_model_info.labels(version, form).set(1)
+
+    def reload(self, result: str, alias: str = "production") -> None:
+        """Count a model load (``result``: loaded / refused) of the ``production`` or ``online`` alias."""
+        (self.reloads if alias == "production" else self.online_reloads).labels(result).inc()
 
     # -- HTTP exposition --------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 One port serves ``streamscore.v1.Scorer``, KServe v2 ``inference.GRPCInferenceService``,
 ``grpc.health.v1.Health`` (NOT_SERVING until a model is loaded) and server reflection;
-Prometheus metrics are on their own HTTP port. A :class:`GuardInterceptor` checks the
+Prometheus metrics are on their own HTTP port. With a registry, the predictor also follows
+its ``online`` alias (the River model the streaming job's learner snapshots) and every
+response carries ``online_score``/``online_model_version`` while one is loaded
+(``--no-online`` turns that off). A :class:`GuardInterceptor` checks the
 bearer token (when one is set) and bounds the RPCs in flight (RESOURCE_EXHAUSTED beyond
 it, instead of queueing without limit). SIGTERM/SIGINT drain: health goes NOT_SERVING,
 new RPCs are refused, RPCs in flight get ``--grace`` seconds to finish, then the process
@@ -12,7 +15,7 @@ RPC in flight for tens of milliseconds.
 
     streamscore serve --registry registry/ --port 50051 [--metrics-port 9464]
         [--tls-cert cert.pem --tls-key key.pem] [--auth-token-file FILE]
-        [--max-in-flight 512] [--poll-interval 2] [--backend auto|native|xgboost]
+        [--max-in-flight 512] [--poll-interval 2] [--backend auto|native|xgboost] [--no-online]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from models.predictor import kserve, service
 from models.predictor.backends import BACKENDS
 from models.predictor.core import Scorer
-from models.predictor.lifecycle import FileSource, ModelSource, ModelWatcher, RegistrySource
+from models.predictor.lifecycle import ONLINE, FileSource, ModelSource, ModelWatcher, RegistrySource
 from models.predictor.metrics import Telemetry
 from models.predictor.errors import Undecodable
 
@@ -66,6 +69,7 @@ class ServerSettings:
     backend: str = "auto"
     max_batch_size: int = 256
     settle_gc: bool = False  # the serving process's GC (see settle_gc); `streamscore serve` sets it
+    online: bool = True  # follow the registry's online alias and answer online scores too
 
     def __post_init__(self):
         if self.registry is not None and self.model_file is not None:
@@ -232,7 +236,8 @@ class PredictorServer:
 
     ``scorer`` may be given (tests swap models in directly); with ``settings.registry`` (or
     ``settings.model_file``, or a ``source``) a :class:`ModelWatcher` loads the production
-    version and follows the alias.
+    version and follows the alias; with ``settings.online`` and a source that has online
+    models (the registry), a second one follows the ``online`` alias.
     """
 
     def __init__(self, settings: ServerSettings, *, scorer: Scorer | None = None, source: ModelSource | None = None):
@@ -252,10 +257,13 @@ class PredictorServer:
         self.watcher = (ModelWatcher(self.scorer, source, poll_interval=settings.poll_interval,
                                      backend=settings.backend, telemetry=self.telemetry, on_swap=self._on_swap)
                         if source is not None else None)
+        self.online_watcher = (ModelWatcher(self.scorer, source, alias=ONLINE, poll_interval=settings.poll_interval,
+                                            telemetry=self.telemetry, on_swap=self._on_online_swap)
+                               if settings.online and callable(getattr(source, "online_version", None)) else None)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._watch_task: asyncio.Task | None = None
+        self._watch_tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -278,6 +286,8 @@ class PredictorServer:
             raise OSError(f"could not listen on {address}")
         if self.scorer.model is not None:
             self.telemetry.serving(self.scorer.model.version, self.scorer.model.backend.name)
+        if self.scorer.online_model is not None:
+            self.telemetry.serving_online(self.scorer.online_model.version, self.scorer.online_model.form.name)
         await self._set_health()
         await server.start()
         self._server = server
@@ -285,8 +295,9 @@ class PredictorServer:
             settle_gc()
         if s.metrics_port is not None:
             self.metrics_port = self.telemetry.serve_http(s.metrics_port, s.host)
-        if self.watcher is not None:
-            self._watch_task = asyncio.create_task(self.watcher.run(), name="model-watcher")
+        for watcher in (self.watcher, self.online_watcher):
+            if watcher is not None:
+                self._watch_tasks.append(asyncio.create_task(watcher.run(), name=f"{watcher.alias}-watcher"))
         log.info("predictor listening on %s:%s (%s), metrics on %s", s.host, self.port,
                  "TLS" if s.tls_cert else "plaintext", self.metrics_port)
 
@@ -296,6 +307,11 @@ class PredictorServer:
         if self.settings.settle_gc:
             settle_gc()
 
+    def _on_online_swap(self, model) -> None:
+        # No settle_gc here: snapshots arrive every few seconds, and a full collection each time
+        # would be the latency spike settle_gc exists to avoid; an online model is a few objects.
+        self.telemetry.serving_online(model.version, model.form.name)
+
     async def _set_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.scorer.ready
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -304,10 +320,10 @@ class PredictorServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new RPCs, let those in flight finish within ``grace``."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
-            self._watch_task = None
+        for task in self._watch_tasks:
+            task.cancel()
+        await asyncio.gather(*self._watch_tasks, return_exceptions=True)
+        self._watch_tasks = []
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.grace if grace is None else grace)
@@ -360,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (native compiled trees when possible), native, or xgboost")
     p.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch (256)")
+    p.add_argument("--no-online", dest="online", action="store_false",
+                   help="do not load the registry's online (River) model: responses carry no online_score "
+                        "(for latency-critical deployments)")
     p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="auto: uvloop when installed (less gRPC overhead per request), else asyncio")
     p.add_argument("--log-level", default="INFO", help="logging level (INFO)")
@@ -381,7 +400,7 @@ def settings_from_args(args: argparse.Namespace, env=os.environ) -> ServerSettin
                           tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
                           max_in_flight=args.max_in_flight, max_message_bytes=args.max_message_bytes,
                           poll_interval=args.poll_interval, grace=args.grace, backend=args.backend,
-                          max_batch_size=args.max_batch_size, settle_gc=True)
+                          max_batch_size=args.max_batch_size, settle_gc=True, online=args.online)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@
 errors). ``ScoreStream`` answers in request order and reports a bad message in that
 message's response (``error``) without ending the stream; conditions of the server (no model
 loaded yet: UNAVAILABLE, overloaded: RESOURCE_EXHAUSTED) end the call, so clients retry.
+When an online (River) model is loaded, every response also carries ``online_score`` and
+``online_model_version`` (computed in the same batch as ``score``); otherwise they are unset.
 
 ``ScoreStream`` uses grpc.aio's reader/writer API: a reader task reads each message as it
 arrives and scores it at once (native trees: µs, on the loop) or hands it to the
@@ -90,8 +92,12 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         result = self._scorer.dispatch(row)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
-        scores, version = result
+        scores, version, online_scores, online_version = result
+        if online_scores is None:
+            return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                             latency_us=(time.perf_counter_ns() - start) // 1000)
         return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                         online_score=online_scores[0], online_model_version=online_version,
                          latency_us=(time.perf_counter_ns() - start) // 1000)
 
     @rpc("ScoreStream")
@@ -153,13 +159,17 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         end the whole call with their status instead, so the client retries the batch.
         """
         if type(outcome) is tuple:
-            scores, version = outcome
+            scores, version, online_scores, online_version = outcome
             elapsed = time.perf_counter_ns() - start
             if self._message_latency is not None:
                 counts = self._message_counts
                 counts[(STREAM_MESSAGE, "OK")] = counts.get((STREAM_MESSAGE, "OK"), 0) + 1
                 self._message_latency.observe(elapsed / 1e9)
+            if online_scores is None:
+                return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                                 latency_us=elapsed // 1000)
             return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
+                             online_score=online_scores[0], online_model_version=online_version,
                              latency_us=elapsed // 1000)
         if outcome.status in SERVER_CONDITIONS:
             raise outcome

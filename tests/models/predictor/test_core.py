@@ -295,6 +295,6 @@ def test_every_batch_is_scored_by_one_model(booster, other_booster):
 
     results = asyncio.run(main())
     scorer.close()
-    assert {version for _, version in results} == {"b"}
+    assert {version for _, version, _, _ in results} == {"b"}
     expected = other_booster.inplace_predict(X)
-    assert np.allclose([s[0] for s, _ in results], expected, atol=1e-6)
+    assert np.allclose([s[0] for s, *_ in results], expected, atol=1e-6)
