@@ -10,6 +10,11 @@ single :class:`LearnerFn` sees them all, in order. For each example it
 3. every ``snapshot_every_labels`` labels or ``snapshot_every_seconds`` seconds, writes a
    checksummed snapshot to the registry (``online`` alias) — the predictor hot-loads it — and
    reports it with the prequential metrics on the ``monitoring`` topic.
+
+The seconds are kept by a processing-time timer, set when the first label after a snapshot
+arrives: labels learned since the last snapshot are written within ``snapshot_every_seconds``
+even when no further label comes (the end of a replay, a lull, fewer labels than
+``snapshot_every_labels``). A check made only when a label arrives would leave them unwritten.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import orjson
 from apache_beam.coders import PickleCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from models.online import DriftMonitor, OnlineLearner
 from streaming.events import SCHEMA_ATTRIBUTE
@@ -55,6 +62,7 @@ class LearnerFn(beam.DoFn):
     """(LEARNER_KEY, Example) → monitoring messages; snapshots go to the registry."""
 
     STATE = ReadModifyWriteStateSpec("learner", PickleCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
 
     def __init__(self, registry: str, spec: FeatureSpec, predictor: str | None, *,
                  snapshot_every_labels: int = 500, snapshot_every_seconds: float = 60.0,
@@ -75,7 +83,7 @@ class LearnerFn(beam.DoFn):
         self._registry = Registry.open(self.registry)
         self._client = ScoringClient(self.predictor) if self.predictor else None
 
-    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+    def process(self, element, state=beam.DoFn.StateParam(STATE), flush=beam.DoFn.TimerParam(FLUSH)):
         _, example = element
         current: LearnerState | None = state.read()
         if current is None:
@@ -88,7 +96,16 @@ class LearnerFn(beam.DoFn):
                or self.clock() - current.last_snapshot_at >= self.snapshot_every_seconds)
         if due:
             yield self._snapshot(current)
+        elif current.since_snapshot == 1:  # the first label not in a snapshot: write it within the seconds
+            flush.set(Timestamp.of(self.clock()) + Duration.of(self.snapshot_every_seconds))
         state.write(current)
+
+    @on_timer(FLUSH)
+    def on_flush(self, state=beam.DoFn.StateParam(STATE)):
+        current: LearnerState | None = state.read()
+        if current is not None and current.since_snapshot > 0:
+            yield self._snapshot(current)
+            state.write(current)
 
     def _drift(self, current: LearnerState, example: Example):
         if self._client is None:
