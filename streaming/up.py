@@ -8,7 +8,9 @@
 4. publishes simulated traffic — transactions, their labels later in event time, and a few
    malformed messages — and shows live progress: published / scored / dead-lettered,
    backlog, end-to-end latency (publish → score received), alerts, and the running average
-   precision of the production (XGBoost) and online (River) scores;
+   precision of the production (XGBoost) and online (River) scores — the online model's over
+   the transactions that were scored while the predictor served one (its first snapshot
+   comes after the first labels), with XGBoost's over the same transactions next to it;
 5. prints a summary (``--summary PATH`` also writes it as JSON) and stops every process it
    started — also on Ctrl-C or SIGTERM. Exits non-zero if any event is unaccounted for.
 """
@@ -65,12 +67,15 @@ class Progress:
     alerts: int = 0
     online_snapshots: int = 0
     online_version: str | None = None
+    online_prequential_ap: float | None = None  # the learner's own (predict, then learn) AP at its last snapshot
+    online_served_versions: set = field(default_factory=set, repr=False)  # carried by scores
     drifts: int = 0
     sent_at: dict = field(default_factory=dict, repr=False)
     latencies_ms: list = field(default_factory=list, repr=False)
     seen: set = field(default_factory=set, repr=False)
     batch_scores: list = field(default_factory=list, repr=False)  # (score, label)
     online_scores: list = field(default_factory=list, repr=False)
+    paired_batch_scores: list = field(default_factory=list, repr=False)  # XGBoost's, where an online score exists
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -88,8 +93,10 @@ class Progress:
             return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
     def ap(self, which: str) -> float | None:
+        """AP of ``"batch"`` (XGBoost, all), ``"online"`` or ``"paired"`` (XGBoost, where online exists)."""
         with self.lock:
-            pairs = list(self.batch_scores if which == "batch" else self.online_scores)
+            pairs = list({"batch": self.batch_scores, "online": self.online_scores,
+                          "paired": self.paired_batch_scores}[which])
         if not pairs or not any(y for _, y in pairs):
             return None
         return average_precision([s for s, _ in pairs], [y for _, y in pairs])
@@ -104,7 +111,8 @@ def _status_line(p: Progress, elapsed: float) -> str:
             f" + {p.malformed} bad | scored {p.scored:,} | dead {p.dead_lettered} | backlog"
             f" {max(p.expected - p.done, 0):,} | e2e p50 {_fmt(p.percentile(50), ',.0f')} ms"
             f" p99 {_fmt(p.percentile(99), ',.0f')} ms | alerts {p.alerts} | AP xgb {_fmt(p.ap('batch'), '.3f')}"
-            f" online {_fmt(p.ap('online'), '.3f')} ({p.online_snapshots} snapshots)")
+            f" | online {_fmt(p.ap('online'), '.3f')} vs xgb {_fmt(p.ap('paired'), '.3f')} on {len(p.online_scores):,}"
+            f" tx ({p.online_snapshots} snapshots)")
 
 
 def _on_score(progress: Progress, body: dict, now: float) -> None:
@@ -123,6 +131,8 @@ def _on_score(progress: Progress, body: dict, now: float) -> None:
             progress.batch_scores.append((body["score"], label))
             if body.get("online_score") is not None:
                 progress.online_scores.append((body["online_score"], label))
+                progress.paired_batch_scores.append((body["score"], label))
+                progress.online_served_versions.add(body.get("online_model_version"))
 
 
 def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event) -> None:
@@ -148,6 +158,7 @@ def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event
                     if event["kind"] == "online_snapshot":
                         progress.online_snapshots += 1
                         progress.online_version = event["version"]
+                        progress.online_prequential_ap = event.get("average_precision")
                     elif event["kind"] == "drift":
                         progress.drifts += 1
             if not got:
@@ -340,9 +351,13 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         "unaccounted": max(progress.expected - progress.done, 0),
         "alerts": progress.alerts,
         "e2e_latency_ms": {"p50": progress.percentile(50), "p99": progress.percentile(99)},
-        "average_precision": {"xgboost": progress.ap("batch"), "online": progress.ap("online")},
+        "average_precision": {"xgboost": progress.ap("batch"), "online": progress.ap("online"),
+                              "xgboost_where_online": progress.ap("paired"),
+                              "online_prequential": progress.online_prequential_ap},
+        "online_scored": len(progress.online_scores),
         "online_snapshots": progress.online_snapshots,
         "online_model_version": progress.online_version,
+        "online_versions_served": len(progress.online_served_versions),
         "drift_events": progress.drifts,
         "logs": str(workdir),
     }
