@@ -6,6 +6,8 @@ from streaming.cli import select
 
 KINDS = {
     "grpc": ("loadtest.grpc_loadgen:run", "closed/open-loop gRPC load against the predictor (Scorer or KServe v2)"),
+    "replay": ("loadtest.replay:run", "replay recorded traffic through the whole system (step load, shadow); JSON + HTML"),
+    "compare": ("loadtest.compare:run", "differences between two replay reports, regressions flagged"),
 }
 
 
