@@ -76,6 +76,8 @@ class RiverForm:
 class LinearForm:
     """``StandardScaler | LogisticRegression`` as numpy: ``sigmoid(((X - means) / stds) @ w + b)``.
 
+    Folded into one matrix-vector product, ``sigmoid(X @ (w / stds) + (b - (means / stds) @ w))``
+    (~2 µs for one row, ~8 µs for 256 here; the rounding differs from River's by ~1e-15).
     River scales a feature whose variance is 0 to 0 (``stds`` is then 1 and its weight 0 here),
     and its sigmoid is exactly 0 below -30 and 1 above 30: both are reproduced.
     """
@@ -87,6 +89,9 @@ class LinearForm:
         self.stds = None if stds is None else np.ascontiguousarray(stds, dtype=np.float64)
         self.weights = np.ascontiguousarray(weights, dtype=np.float64)
         self.intercept = float(intercept)
+        scaled = self.weights if self.stds is None else self.weights / self.stds
+        self._w = np.ascontiguousarray(scaled)
+        self._b = self.intercept - float(self.means @ scaled)
 
     @classmethod
     def of(cls, learner, feature_names: Sequence[str]) -> LinearForm | None:
@@ -116,14 +121,21 @@ class LinearForm:
         return cls(means, stds, weights, regression.intercept)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        Z = X - self.means
-        if self.stds is not None:
-            Z /= self.stds
-        z = Z @ self.weights + self.intercept
-        p = 1.0 / (1.0 + np.exp(-np.clip(z, -_SIGMOID_CLAMP, _SIGMOID_CLAMP)))
-        p[z < -_SIGMOID_CLAMP] = 0.0
-        p[z > _SIGMOID_CLAMP] = 1.0
-        return p
+        z = X @ self._w  # a new array: updated in place below
+        if len(z) == 1:  # the common case of one request: Python floats beat five numpy calls
+            v = float(z[0]) + self._b
+            z[0] = 0.0 if v < -_SIGMOID_CLAMP else 1.0 if v > _SIGMOID_CLAMP else 1.0 / (1.0 + math.exp(-v))
+            return z
+        z += self._b
+        low, high = z < -_SIGMOID_CLAMP, z > _SIGMOID_CLAMP
+        np.clip(z, -_SIGMOID_CLAMP, _SIGMOID_CLAMP, out=z)
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+        z += 1.0
+        np.reciprocal(z, out=z)
+        if low.any() or high.any():
+            z[low], z[high] = 0.0, 1.0
+        return z
 
 
 @dataclass(frozen=True, eq=False)
