@@ -2,9 +2,13 @@
 
 One model is served, under the names ``production`` and the scorer's name. ``ModelInfer``
 takes one input tensor of shape ``[N, 15]`` (or ``[15]``) as FP32 or FP64, in
-``raw_input_contents`` (what tritonclient sends) or in typed ``contents``; it answers one
+``raw_input_contents`` (what tritonclient sends) or in typed ``contents``; it answers the
 output ``score`` (FP64, shape ``[N]``) in the same form, with the model version that
-computed it. Bad requests fail with INVALID_ARGUMENT / NOT_FOUND naming the field.
+computed it. While an online (River) model is loaded there is a second output,
+``online_score`` (FP64, ``[N]``), and the response parameter ``online_model_version``;
+requested outputs are answered in the order asked (without ``outputs``: every output).
+Bad requests fail with INVALID_ARGUMENT / NOT_FOUND naming the field; asking for
+``online_score`` while no online model is loaded is UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from importlib import metadata
 import numpy as np
 
 from models.predictor.core import Scorer
-from models.predictor.errors import InvalidArgument, ModelNotFound, rpc
+from models.predictor.errors import InvalidArgument, ModelNotFound, NotReady, rpc
 from models.predictor.service import check_deadline
 from protos.kserve.v2 import grpc_predict_v2_pb2 as pb
 from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -22,6 +26,8 @@ from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
+ONLINE_OUTPUT_NAME = "online_score"
+ONLINE_VERSION_PARAMETER = "online_model_version"
 PLATFORM = "streamscore_xgboost"
 _DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
@@ -65,33 +71,48 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         model = self._model(request.name, request.version, "name", "version")
         n = len(self._scorer.feature_names)
+        outputs = [OUTPUT_NAME] + ([ONLINE_OUTPUT_NAME] if self._scorer.online_model is not None else [])
         return pb.ModelMetadataResponse(
             name=request.name, versions=[model.version], platform=PLATFORM,
             inputs=[pb.ModelMetadataResponse.TensorMetadata(name=INPUT_NAME, datatype="FP64", shape=[-1, n])],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=OUTPUT_NAME, datatype="FP64", shape=[-1])])
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=name, datatype="FP64", shape=[-1]) for name in outputs])
 
     # -- inference --------------------------------------------------------------------------
 
     @rpc("ModelInfer")
     async def ModelInfer(self, request, context):
         self._model(request.model_name, request.model_version, "model_name", "model_version")
-        for i, wanted in enumerate(request.outputs):
-            if wanted.name != OUTPUT_NAME:
-                raise InvalidArgument(f'outputs[{i}].name "{wanted.name[:100]}" is not an output of the model: '
-                                      f'expected "{OUTPUT_NAME}"', field=f"outputs[{i}].name")
+        wanted = []
+        for i, output in enumerate(request.outputs):
+            if output.name not in (OUTPUT_NAME, ONLINE_OUTPUT_NAME):
+                raise InvalidArgument(f'outputs[{i}].name "{output.name[:100]}" is not an output of the model: '
+                                      f'expected "{OUTPUT_NAME}" or "{ONLINE_OUTPUT_NAME}"', field=f"outputs[{i}].name")
+            wanted.append(output.name)
+        if ONLINE_OUTPUT_NAME in wanted and self._scorer.online_model is None:
+            raise NotReady(f'no online model is loaded yet, so there is no "{ONLINE_OUTPUT_NAME}" output: ask for '
+                           f'"{OUTPUT_NAME}" only, or retry once the registry has an online snapshot',
+                           field="outputs")
         X, raw = self._input(request)
         check_deadline(context)
         result = self._scorer.dispatch(X)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
-        scores, version, _, _ = result
-        out = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP64", shape=[len(scores)])
-        response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id,
-                                         outputs=[out])
-        if raw:
-            response.raw_output_contents.append(np.asarray(scores, dtype="<f8").tobytes())
-        else:
-            response.outputs[0].contents.fp64_contents.extend(scores.tolist())
+        scores, version, online_scores, online_version = result
+        values = {OUTPUT_NAME: scores}
+        if online_scores is not None:
+            values[ONLINE_OUTPUT_NAME] = online_scores
+        elif ONLINE_OUTPUT_NAME in wanted:  # the online model was refused or failed for this batch
+            raise NotReady(f'the online model did not score this request: no "{ONLINE_OUTPUT_NAME}"; retry',
+                           field="outputs")
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+        if online_scores is not None:
+            response.parameters[ONLINE_VERSION_PARAMETER].string_param = online_version
+        for name in dict.fromkeys(wanted) or values:
+            out = response.outputs.add(name=name, datatype="FP64", shape=[len(scores)])
+            if raw:
+                response.raw_output_contents.append(np.asarray(values[name], dtype="<f8").tobytes())
+            else:
+                out.contents.fp64_contents.extend(values[name].tolist())
         return response
 
     def _model(self, name: str, version: str, name_field: str, version_field: str):

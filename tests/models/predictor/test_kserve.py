@@ -180,3 +180,62 @@ def test_readiness_without_a_model(serve, tmp_path):
     with pytest.raises(grpc.RpcError) as info:
         _infer(server.target, model_name="production", inputs=[_tensor([1, 15])], raw_input_contents=[np.ones(15).tobytes()])
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+ONLINE_CLIENT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    url, rows = sys.argv[1], np.array(json.loads(sys.argv[2]))
+    client = tc.InferenceServerClient(url)
+    out = {"metadata_outputs": [o["name"] for o in client.get_model_metadata("production", as_json=True)["outputs"]]}
+    tensor = tc.InferInput("features", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    result = client.infer("production", [tensor])  # no outputs asked for: every output
+    response = result.get_response()
+    out["all"] = {"names": [o.name for o in response.outputs], "score": result.as_numpy("score").tolist(),
+                  "online": result.as_numpy("online_score").tolist(),
+                  "online_version": response.parameters["online_model_version"].string_param}
+    result = client.infer("production", [tensor], outputs=[tc.InferRequestedOutput("online_score")])
+    out["only_online"] = {"names": [o.name for o in result.get_response().outputs],
+                          "online": result.as_numpy("online_score").tolist()}
+    print(json.dumps(out))
+""")
+
+
+@needs_tritonclient
+def test_tritonclient_reads_the_online_score_output(serve, make_scorer, booster):
+    from models.online import OnlineLearner
+    from models.predictor.online import PARITY_TOLERANCE, OnlineModel
+
+    scorer = make_scorer("v6")
+    learner = OnlineLearner(scorer.feature_names)
+    X, y = synthetic(400, seed=8)
+    for row, label in zip(X, y):
+        learner.learn_one(row.tolist(), int(label))
+    scorer.swap_online(OnlineModel.from_learner(learner, "o3"))
+    server = serve(scorer)
+    rows = X[:5]
+    done = subprocess.run([sys.executable, "-c", ONLINE_CLIENT, server.target, json.dumps(rows.tolist())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    expected = [learner.predict_proba_one(row.tolist()) for row in rows]
+    assert out["metadata_outputs"] == ["score", "online_score"]
+    assert out["all"]["names"] == ["score", "online_score"] and out["all"]["online_version"] == "o3"
+    assert np.allclose(out["all"]["score"], booster.inplace_predict(rows), atol=1e-6)
+    assert np.max(np.abs(np.array(out["all"]["online"]) - expected)) <= PARITY_TOLERANCE
+    assert out["only_online"]["names"] == ["online_score"]
+    assert np.max(np.abs(np.array(out["only_online"]["online"]) - expected)) <= PARITY_TOLERANCE
+
+
+def test_online_score_without_an_online_model_is_unavailable(serve, make_scorer):
+    server = serve(make_scorer())
+    response = _infer(server.target, model_name="production", inputs=[_tensor([1, 15])],
+                      raw_input_contents=[np.ones(15).tobytes()])
+    assert [o.name for o in response.outputs] == ["score"] and "online_model_version" not in response.parameters
+    with pytest.raises(grpc.RpcError) as info:
+        _infer(server.target, model_name="production", inputs=[_tensor([1, 15])], raw_input_contents=[np.ones(15).tobytes()],
+               outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="online_score")])
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "no online model is loaded" in info.value.details()
