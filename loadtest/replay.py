@@ -548,6 +548,9 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     if args.limit is not None:
         raw = raw.iloc[: args.limit]
+    if args.step:  # no more than the stages can send
+        raw = raw.iloc[: int(sum(s.size for s in step_stages(args.rate, factor=None if args.step_increment else (
+            args.step_factor or 1.5), increment=args.step_increment, seconds=args.stage_seconds, count=args.max_stages)))]
     if raw.empty:
         print(f"{PROG}: --input {args.input!r} has no transactions to replay", file=sys.stderr)
         return 2

@@ -302,8 +302,12 @@ def _count_le(sorted_times: np.ndarray, t) -> np.ndarray:
     return np.searchsorted(sorted_times, t, side="right")
 
 
+def _count_lt(sorted_times: np.ndarray, t) -> np.ndarray:
+    return np.searchsorted(sorted_times, t, side="left")
+
+
 def series(o: Outcome, bucket: float, end: float | None = None) -> dict:
-    """Per ``bucket`` seconds since the start (offset 0): rates in and out, latency by send time, backlog.
+    """Per ``bucket`` seconds since the start (offset 0; buckets ``[a, b)``): rates in and out, latency by send time, backlog.
 
     ``sent_tps``: intended sends; ``published_tps``: publish acks; ``scored_tps``: first score
     arrivals. ``p50_ms``...: latency of the events *intended* in the bucket (lost = infinitely
@@ -318,11 +322,13 @@ def series(o: Outcome, bucket: float, end: float | None = None) -> dict:
         end = float(times.max()) if len(times) else 0.0
     n = max(1, math.ceil(end / bucket - 1e-9))
     edges = np.arange(n + 1) * bucket
+    count_edges = edges.copy()
+    count_edges[-1] += 1e-9  # an event at exactly ``end`` is in the last bucket
     scored = o.is_scored
     out_time = np.where(scored, o.arrival, np.where(o.is_dead, o.dead, np.nan))
     srt = lambda a: np.sort(a[np.isfinite(a)])  # noqa: E731
     intended, acked, arrived, done = srt(o.intended), srt(o.acked), srt(np.where(scored, o.arrival, np.nan)), srt(out_time)
-    rate = lambda s: (np.diff(_count_le(s, edges)) / bucket).tolist()  # noqa: E731
+    rate = lambda s: (np.diff(_count_lt(s, count_edges)) / bucket).tolist()  # noqa: E731
     res = {"bucket_s": bucket, "t": edges[1:].tolist(), "sent_tps": rate(intended), "published_tps": rate(acked),
            "scored_tps": rate(arrived)}
     which = np.clip(np.floor(o.intended / bucket).astype(int), 0, n - 1) if len(o.ids) else np.zeros(0, int)
@@ -334,8 +340,9 @@ def series(o: Outcome, bucket: float, end: float | None = None) -> dict:
         stats = latency_stats(lat[sel & scored], int(np.sum(sel & lost)))
         for q in (50.0, 90.0, 99.0):
             res[f"p{q:g}_ms"].append(stats[f"p{q:g}"])
-    res["backlog"] = np.maximum(_count_le(acked, edges[1:]) - _count_le(done, edges[1:]), 0).tolist()
-    res["publisher_lag"] = np.maximum(_count_le(intended, edges[1:]) - _count_le(acked, edges[1:]), 0).tolist()
+    ends = count_edges[1:]
+    res["backlog"] = np.maximum(_count_lt(acked, ends) - _count_lt(done, ends), 0).tolist()
+    res["publisher_lag"] = np.maximum(_count_lt(intended, ends) - _count_lt(acked, ends), 0).tolist()
     return res
 
 
@@ -347,6 +354,7 @@ def histogram(o: Outcome, bins: int = 40) -> dict:
         return {"edges_ms": [], "counts": []}
     lo, hi = math.log10(ms.min()), math.log10(ms.max())
     edges = np.logspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    edges[0], edges[-1] = ms.min(), max(ms.max(), edges[-1])  # exact ends: rounding must not drop the extremes
     counts, _ = np.histogram(ms, bins=edges)
     return {"edges_ms": edges.tolist(), "counts": counts.tolist()}
 
