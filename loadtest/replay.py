@@ -331,7 +331,8 @@ def replay(df: pd.DataFrame, *, publisher, subscriber, topics: TopicPaths, score
         o = ledger.outcome()
         if step_slo_ms is not None and len(assessed) < _stages_sent(o):
             _assess_ready(o, stages, windows, assessed, state, clock() - start, step_slo_ms, settle, final=True)
-        return ReplayResult(o, stages, assessed, reason, state, consumer.scores, clock() - start, warm, error)
+        scores = {tid: v for tid, v in consumer.scores.items() if tid not in warm_ids}
+        return ReplayResult(o, stages, assessed, reason, state, scores, clock() - start, warm, error)
     finally:
         stop_publish.set()
         stop_consumer.set()
