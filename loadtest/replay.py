@@ -330,7 +330,8 @@ def replay(df: pd.DataFrame, *, publisher, subscriber, topics: TopicPaths, score
         bar.close()
         o = ledger.outcome()
         if step_slo_ms is not None and len(assessed) < _stages_sent(o):
-            _assess_ready(o, stages, windows, assessed, state, clock() - start, step_slo_ms, settle, final=True)
+            _assess_ready(o, stages, windows, assessed, state, clock() - start, step_slo_ms, settle, final=True,
+                          cut=any(not s["sustainable"] for s in assessed) or error is not None)
         scores = {tid: v for tid, v in consumer.scores.items() if tid not in warm_ids}
         return ReplayResult(o, stages, assessed, reason, state, scores, clock() - start, warm, error)
     finally:
@@ -344,13 +345,14 @@ def _stages_sent(o: Outcome) -> int:
 
 
 def _assess_ready(o: Outcome, stages, windows, assessed: list, state: PublishState, now: float, slo_ms: float,
-                  settle: float, final: bool = False) -> str | None:
+                  settle: float, final: bool = False, cut: bool = False) -> str | None:
     """Assess, in order, every stage whose verdict is known; returns the reason to stop once one fails.
 
     A stage is assessed once it has been sent in full (the publisher moved past it, or
     finished), ``settle`` seconds have passed since its end (so the backlog through it is
     known), and its verdict cannot change: all its events are resolved, or its p99 must exceed
-    the SLO whatever the rest do, or its backlog kept growing. ``final`` assesses what there is.
+    the SLO whatever the rest do, or its backlog kept growing. ``final`` assesses what there is,
+    except a stage the run ``cut`` short (stopped after a failure before the stage was sent in full).
     """
     while len(assessed) < len(windows):
         k = len(assessed)
@@ -359,6 +361,8 @@ def _assess_ready(o: Outcome, stages, windows, assessed: list, state: PublishSta
         if not sel.any():
             return None
         if state.finished:
+            if cut and sel.sum() < stages[k].size:
+                return None
             end = min(end, float(o.intended[sel].max()) + 1 / stages[k].rate)  # the data or the run ended
         elif state.offset < end:
             return None  # still sending this stage
