@@ -63,14 +63,12 @@ class RiverForm:
 
     name = "river"
 
-    def __init__(self, learner, feature_names: Sequence[str]):
-        self._model = learner._model
-        self._names = tuple(feature_names)
+    def __init__(self, learner):
+        self._learner = learner  # an OnlineLearner: predict_proba_one takes the values in feature order
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        predict, names = self._model.predict_proba_one, self._names
-        return np.fromiter((predict(dict(zip(names, row))).get(True, 0.0) for row in X.tolist()),
-                           np.float64, len(X))
+        predict = self._learner.predict_proba_one
+        return np.fromiter((predict(row) for row in X.tolist()), np.float64, len(X))
 
 
 class LinearForm:
@@ -153,7 +151,7 @@ class OnlineModel:
     def from_learner(cls, learner, version: str, *, fast: bool = True, spec_hash: str | None = None,
                      metadata: Mapping[str, Any] | None = None) -> OnlineModel:
         names = tuple(learner.feature_names)
-        form = (LinearForm.of(learner, names) if fast else None) or RiverForm(learner, names)
+        form = (LinearForm.of(learner, names) if fast else None) or RiverForm(learner)
         return cls(version, learner, form, names, spec_hash, dict(metadata or {}))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -181,12 +179,12 @@ def warm_up_online(model: OnlineModel, rows: np.ndarray) -> OnlineModel:
             raise ModelRejected(f"online version {model.version} warm-up produced probabilities outside [0, 1]")
     if isinstance(model.form, RiverForm):
         return model
-    reference = RiverForm(model.learner, model.feature_names).predict(rows)
+    reference = RiverForm(model.learner).predict(rows)
     worst = float(np.max(np.abs(reference - scores)))
     if not math.isfinite(worst) or worst > PARITY_TOLERANCE:
         log.warning("online version %s: the numpy form differs from River by %.3g (> %g); predicting with River",
                     model.version, worst, PARITY_TOLERANCE)
-        river = OnlineModel(model.version, model.learner, RiverForm(model.learner, model.feature_names),
+        river = OnlineModel(model.version, model.learner, RiverForm(model.learner),
                             model.feature_names, model.spec_hash, dict(model.metadata))
         return warm_up_online(river, rows)
     return model
