@@ -4,9 +4,9 @@
         [--local-stack | --project P [--emulator-host H:P]] [--limit N] [--timeout S]
         [--json OUT] [--html OUT] [--shadow-predictor H:P | --shadow-model-file F]
 
-Publishes a dataset's transactions (and labels, in their place in the recorded timeline) to
-the ``transactions``/``labels`` topics of a running stack and consumes ``scores`` and
-``dead-letter`` from subscriptions of its own. Per event it measures intended send → score
+Publishes a dataset's transactions (with ``--labels`` also their labels, in their place in the
+recorded timeline) to the ``transactions``/``labels`` topics of a running stack and consumes
+``scores`` and ``dead-letter`` from subscriptions of its own (created before the run). Per event it measures intended send → score
 latency (open loop, see :mod:`loadtest.replay_ledger`), the publish ack, and whether the
 event was scored, dead-lettered, lost (not scored within ``--timeout``) or scored twice.
 
@@ -23,6 +23,10 @@ event was scored, dead-lettered, lost (not scored within ``--timeout``) or score
   ``--speedup X`` keeps the recorded spacing divided by X. ``--step`` raises the rate in stages
   until p99 exceeds ``--slo-ms`` or the backlog keeps growing, and reports the highest
   sustainable rate.
+* **Labels** are opt-in: on the local runner a streaming read that receives nothing blocks the
+  pipeline ~29 s per pull, and a replay shorter than the label delay (1-7 days of recorded
+  time) has no labels to send, so ``--local-stack`` runs the job without its labels input
+  unless ``--labels`` is given (``--label-delay-days`` makes labels flow in short replays).
 * **Bounds**: publishing stops after ``--limit`` transactions or ``--duration`` seconds; the run
   waits at most ``--timeout`` seconds per event, and ``--max-seconds`` caps everything.
 """
@@ -332,12 +336,23 @@ def replay(df: pd.DataFrame, *, publisher, subscriber, topics: TopicPaths, score
         if step_slo_ms is not None and len(assessed) < _stages_sent(o):
             _assess_ready(o, stages, windows, assessed, state, clock() - start, step_slo_ms, settle, final=True,
                           cut=any(not s["sustainable"] for s in assessed) or error is not None)
+        if step_slo_ms is not None:  # final figures: events still in flight at a verdict have arrived since
+            assessed = [_reassess(o, stages, v, step_slo_ms) for v in assessed]
         scores = {tid: v for tid, v in consumer.scores.items() if tid not in warm_ids}
         return ReplayResult(o, stages, assessed, reason, state, scores, clock() - start, warm, error)
     finally:
         stop_publish.set()
         stop_consumer.set()
         consuming.join(10)
+
+
+def _reassess(o: Outcome, stages, verdict: dict, slo_ms: float) -> dict:
+    """A stage's figures from the final outcome; a verdict of unsustainable given during the run stands."""
+    k = verdict["stage"]
+    final = assess_stage(o, k, stages[k].rate, (verdict["start_s"], verdict["end_s"]), slo_ms)
+    if not verdict["sustainable"] and final["sustainable"]:
+        final["sustainable"], final["reason"] = False, verdict["reason"]
+    return final
 
 
 def _stages_sent(o: Outcome) -> int:

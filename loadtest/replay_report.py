@@ -108,7 +108,8 @@ def format_summary(report: dict) -> str:
     sh = report.get("shadow")
     if sh:
         ap = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"  shadow {sh['target']}: {sh['events']:,} events, mean |diff| {fmt(sh['mean_abs_diff'])}, "
+        diff = lambda v: "-" if v is None else f"{v:.2g}"  # noqa: E731
+        lines.append(f"  shadow {sh['target']}: {sh['events']:,} events, mean |diff| {diff(sh['mean_abs_diff'])}, "
                      f"spearman {ap(sh['spearman'])}, alert agreement {ap(sh['alerts']['agreement'])}; AP production "
                      f"{ap(sh['production']['average_precision'])} vs candidate {ap(sh['candidate']['average_precision'])}")
     return "\n".join(lines)

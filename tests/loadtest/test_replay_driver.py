@@ -15,7 +15,6 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 import orjson
-import pytest
 
 from loadtest import replay_ledger as rl
 from loadtest.replay import namespaced, replay, wall_clock
