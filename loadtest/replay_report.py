@@ -132,12 +132,15 @@ def _segments(x, y):
         yield run
 
 
-def _time_plot(report: dict, title: str, ylabel: str, lines: list[tuple[str, str, list]], ymin: float = 0.0) -> str:
+def _time_plot(report: dict, title: str, ylabel: str, lines: list[tuple[str, str, list]], ymin: float = 0.0,
+               limit: tuple[float, str] | None = None) -> str:
     s = report["series"]
     t = [v - s["bucket_s"] / 2 for v in s["t"]]
     values = [v for _, _, ys in lines for v in ys if v is not None and math.isfinite(v)]
-    top = max(values, default=1.0) * 1.15 or 1.0
+    top = max(values + ([limit[0]] if limit else []), default=1.0) * 1.15 or 1.0
     plot = _Plot(title, "Seconds since the start", ylabel, (0, max(s["t"], default=1.0)), (ymin, top))
+    if limit is not None:
+        plot.line([0, max(s["t"], default=1.0)], [limit[0]] * 2, "#d62728", limit[1], width=1, dash="6 3")
     for st in report["stages"]:
         plot.line([st["start_s"]] * 2, [ymin, top], "#bbb", None, width=1, dash="3 3")
     for color, label, ys in lines:
@@ -200,7 +203,8 @@ def render_html(report: dict) -> str:
                              for x in report["stages"]]))
     parts += ['<div class="grid">',
               _time_plot(report, "Latency by send time", "ms", [
-                  (COLORS[0], "p50", s["p50_ms"]), (COLORS[2], "p90", s["p90_ms"]), (COLORS[1], "p99", s["p99_ms"])]),
+                  (COLORS[0], "p50", s["p50_ms"]), (COLORS[2], "p90", s["p90_ms"]), (COLORS[1], "p99", s["p99_ms"])],
+                  limit=(report["step"]["slo_ms"], "SLO (p99)") if report["step"] else None),
               _time_plot(report, "Throughput", "transactions / s", [
                   ("#999", "offered (schedule)", s["sent_tps"]), (COLORS[0], "in (published)", s["published_tps"]),
                   (COLORS[1], "out (scored)", s["scored_tps"])]),
