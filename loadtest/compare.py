@@ -85,7 +85,7 @@ def compare(a: dict, b: dict, threshold: float = 0.1, *, count_slack: int = 0, f
 def _fmt(v) -> str:
     if v is None:
         return "-"
-    return f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
+    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 1 else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
 
 
 def format_rows(rows: list[dict], a_name: str, b_name: str) -> str:
