@@ -1,4 +1,5 @@
-"""`streamscore loadtest replay` through the real stack: emulator, predictor, streaming job, shadow predictor.
+"""`streamscore loadtest replay` through the real stack: emulator, predictor, streaming job, shadow predictor
+(started by :class:`loadtest.replay_stack.LocalStack`, what ``--local-stack`` runs).
 
 The report's counts are checked against what was published (the input, one row of which the
 job must dead-letter) and against an independent subscription on the scores topic.
@@ -7,14 +8,6 @@ job must dead-letter) and against an independent subscription on the scores topi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -23,59 +16,25 @@ import xgboost as xgb
 
 from loadtest import compare
 from loadtest.replay import run as replay_run
+from loadtest.replay_stack import DEAD_LETTER_SUBSCRIPTION, SCORES_SUBSCRIPTION, LocalStack
 from streaming.datasets import write_table
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.pubsub_local import pull_all
+from streaming.pubsub_local import EmulatorNotFound, find_emulator, pull_all
 from streaming.simulator import simulate
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 NAMES = list(DEFAULT_SPEC.names)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streaming.cli", *args], cwd=ROOT, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_serving(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)
-    raise AssertionError(f"predictor on {port} not SERVING:\n{log.read_text()[-2000:]}")
-
-
 @pytest.fixture
-def stack(pubsub_emulator, tmp_path):
-    """A production model (and the same model as a file for the shadow), predictor, shadow, scoring job."""
+def stack(tmp_path):
+    """The replay's own local stack: emulator, predictor, scoring job, and the same model as a shadow candidate."""
     from models.registry import Registry
 
+    try:
+        find_emulator()
+    except EmulatorNotFound as exc:
+        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
     rng = np.random.default_rng(0)
     x = rng.exponential(1.0, size=(2000, len(NAMES)))
     y = (x[:, 0] + rng.normal(0, 0.5, 2000) > 2.0).astype(int)
@@ -84,46 +43,26 @@ def stack(pubsub_emulator, tmp_path):
     registry = Registry.open(tmp_path / "registry")
     registry.promote(registry.register(booster, {"feature_names": NAMES}, spec_hash=DEFAULT_SPEC.spec_hash))
     booster.save_model(tmp_path / "candidate.json")
-    p = "rp" + uuid.uuid4().hex[:8]
-    names = {k: f"{p}-{k}" for k in ("tx", "scores", "alerts", "dead", "monitoring")}
-    subs = {f"{p}-job": names["tx"], f"{p}-scores-run": names["scores"], f"{p}-dead-run": names["dead"],
-            f"{p}-scores-check": names["scores"]}
-    pubsub_emulator.ensure([*names.values()], subs)
-    port, shadow_port = _free_port(), _free_port()
-    procs = [_spawn(["serve", "--registry", str(tmp_path / "registry"), "--host", "127.0.0.1", "--port", str(port),
-                     "--metrics-port", "-1"], tmp_path / "serve.log"),
-             _spawn(["serve", "--model-file", str(tmp_path / "candidate.json"), "--host", "127.0.0.1",
-                     "--port", str(shadow_port), "--metrics-port", "-1"], tmp_path / "shadow.log")]
-    try:
-        _wait_serving(port, procs[0], tmp_path / "serve.log")
-        _wait_serving(shadow_port, procs[1], tmp_path / "shadow.log")
-        procs.append(_spawn(["stream", "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
-                             "--transactions-subscription", f"{p}-job", "--labels-subscription", "",
-                             "--scores-topic", names["scores"], "--alerts-topic", names["alerts"],
-                             "--dead-letter-topic", names["dead"], "--monitoring-topic", names["monitoring"],
-                             "--predictor", f"127.0.0.1:{port}"], tmp_path / "job.log"))
-        yield {"prefix": p, "names": names, "shadow": f"127.0.0.1:{shadow_port}", "job": procs[-1],
-               "job_log": tmp_path / "job.log"}
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
+    with LocalStack(tmp_path / "registry", tmp_path / "stack", shadow_model_file=tmp_path / "candidate.json",
+                    job_args=("--labels-subscription", "")) as running:
+        running.emulator.ensure([], {"scores-check": "scores"})  # an independent look at the scores topic
+        yield running
 
 
-def test_short_replay_report_matches_what_was_published(pubsub_emulator, stack, tmp_path):
+def test_short_replay_report_matches_what_was_published(stack, tmp_path):
     df = simulate(customers=80, terminals=160, days=8, seed=5).iloc[:300].copy()
     assert len(df) == 300
     bad = str(df["TRANSACTION_ID"].iloc[150])
     df.loc[df.index[150], "TX_AMOUNT"] = float("nan")  # the job must dead-letter this one, naming its id
     write_table(df, tmp_path / "tx.parquet")
-    p, names = stack["prefix"], stack["names"]
-    out = tmp_path / "report.json"
-    code = replay_run([
+    emulator, out = stack.emulator, tmp_path / "report.json"
+    code = replay_run([  # as against any running stack: its emulator, the default topics, our subscriptions
         "--input", str(tmp_path / "tx.parquet"), "--rate", "60", "--warmup", "10", "--timeout", "90",
-        "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
-        "--transactions-topic", names["tx"], "--scores-subscription", f"{p}-scores-run",
-        "--dead-letter-subscription", f"{p}-dead-run", "--id-prefix", "it-", "--shadow-predictor", stack["shadow"],
+        "--project", emulator.project, "--emulator-host", emulator.host_port,
+        "--scores-subscription", SCORES_SUBSCRIPTION, "--dead-letter-subscription", DEAD_LETTER_SUBSCRIPTION,
+        "--id-prefix", "it-", "--shadow-predictor", stack.shadow_target,
         "--json", str(out), "--html", str(tmp_path / "report.html"), "--no-progress", "--max-seconds", "300"])
-    assert stack["job"].poll() is None, stack["job_log"].read_text()[-3000:]
+    stack.check()  # predictor, shadow and job still running
     assert code == 0
     report = json.loads(out.read_text())
     acc = report["accounting"]
@@ -131,8 +70,8 @@ def test_short_replay_report_matches_what_was_published(pubsub_emulator, stack, 
                    "duplicates": 0, "foreign_scores": 0, "labels_sent": 0}
 
     # an independent look at the scores topic: exactly the published ids, once each, but the bad one
-    check = pull_all(pubsub_emulator.subscriber_client(), pubsub_emulator.subscription_path(f"{p}-scores-check"),
-                     299 + 10, timeout=30, settle=2)
+    check = pull_all(emulator.subscriber_client(), emulator.subscription_path("scores-check"), 299 + 10,
+                     timeout=30, settle=2)
     ids = [orjson.loads(m.data)["transaction_id"] for m in check]
     run_ids = [i for i in ids if i.startswith("it-")]
     assert len(run_ids) == len(set(run_ids)) == acc["scored"]
