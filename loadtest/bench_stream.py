@@ -70,11 +70,11 @@ from streaming.job import JobConfig, ParsePubsubFn, build_parser, dead_letter_me
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "local-project"
 PROFILE_ENV = "BENCH_STREAM_PROFILE"
-LOCAL_PULL_SIZE = 10  # what Beam 2.77's local runner pulls per bundle
-LOCAL_PULL_TIMEOUT = 30.0  # its gRPC deadline; the emulator holds an empty pull until ~1 s before it
+PULL_SIZE = 100  # streaming.job's --local-pull-size default (Beam 2.77's own reader pulls 10)
+PULL_TIMEOUT = 1.0  # its --local-pull-deadline default (Beam's is 30 s)
 BASE_VARIANTS = ("bare", "features", "fused", "lean")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
-_VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?)*)$")
+_VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned)*)$")
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -150,33 +150,47 @@ def variant_order(variants: Sequence[str], repeat: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Variant:
-    """``<base>[-pull<N>][-wait<S>]``: a pipeline and the local-runner Pub/Sub pull patch it runs with."""
+    """``<base>[-pull<N>][-wait<S>][-untuned]``: a pipeline and the local-runner tuning it runs with.
+
+    Tuned (the default, as ``streamscore stream`` runs locally): :func:`streaming.local_runner.install`
+    with ``pull_size`` / ``pull_timeout``; ``-untuned``: Beam's local runner as it ships.
+    """
 
     name: str
     base: str
-    pull_size: int = LOCAL_PULL_SIZE
-    pull_timeout: float = LOCAL_PULL_TIMEOUT
+    pull_size: int = PULL_SIZE
+    pull_timeout: float = PULL_TIMEOUT
+    tuned: bool = True
 
     @property
-    def patched(self) -> bool:
-        return (self.pull_size, self.pull_timeout) != (LOCAL_PULL_SIZE, LOCAL_PULL_TIMEOUT)
+    def tuning(self) -> tuple:
+        return (self.pull_size, self.pull_timeout) if self.tuned else ()
+
+    def job_flags(self) -> list[str]:
+        """Flags of the bench's own job processes (bare, prototypes)."""
+        return ["--pull-size", str(self.pull_size), "--pull-timeout", str(self.pull_timeout)] + (
+            [] if self.tuned else ["--untuned"])
 
 
 def parse_variant(name: str) -> Variant:
-    """``features-pull100-wait1`` → Variant(base="features", pull_size=100, pull_timeout=1.0); ValueError if bad."""
+    """``features-pull10-wait30`` → Variant(base="features", pull_size=10, pull_timeout=30.0); ValueError if bad."""
     match = _VARIANT.match(name)
     if not match or match["base"] not in BASE_VARIANTS:
         raise ValueError(f"bad variant {name!r}: expected one of {', '.join(BASE_VARIANTS)} "
-                         "optionally followed by -pull<N> and/or -wait<seconds>")
-    size, timeout = LOCAL_PULL_SIZE, LOCAL_PULL_TIMEOUT
+                         "optionally followed by -pull<N>, -wait<seconds> and/or -untuned")
+    size, timeout, tuned = PULL_SIZE, PULL_TIMEOUT, True
     for mod in match["mods"].split("-")[1:]:
-        if mod.startswith("pull"):
+        if mod == "untuned":
+            tuned = False
+        elif mod.startswith("pull"):
             size = int(mod[4:])
         else:
             timeout = float(mod[4:])
     if size < 1 or timeout <= 0:
         raise ValueError(f"bad variant {name!r}: pull size must be >= 1 and wait > 0")
-    return Variant(name, match["base"], size, timeout)
+    if not tuned and (size, timeout) != (PULL_SIZE, PULL_TIMEOUT):
+        raise ValueError(f"bad variant {name!r}: -pull/-wait are local-runner tuning, not with -untuned")
+    return Variant(name, match["base"], size, timeout, tuned)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -220,11 +234,21 @@ def _job_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--project", default=PROJECT)
     parser.add_argument("--emulator-host", required=True)
-    parser.add_argument("--pull-size", type=int, default=LOCAL_PULL_SIZE,
-                        help="messages per local-runner Pub/Sub pull (a runner patch; 10 is Beam's)")
-    parser.add_argument("--pull-timeout", type=float, default=LOCAL_PULL_TIMEOUT,
-                        help="the pull's deadline in s (a runner patch; 30 is Beam's)")
+    _tuning_flags(parser)
     return parser
+
+
+def _tuning_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pull-size", type=int, default=PULL_SIZE, help="local-runner tuning: messages per pull")
+    parser.add_argument("--pull-timeout", type=float, default=PULL_TIMEOUT, help="local-runner tuning: pull deadline")
+    parser.add_argument("--untuned", action="store_true", help="Beam's local runner as it ships")
+
+
+def _tune(args) -> None:
+    if not args.untuned:
+        from streaming import local_runner
+
+        local_runner.install(args.pull_size, args.pull_timeout)
 
 
 def _run_until_cancelled(pipeline) -> int:
@@ -246,7 +270,7 @@ def run_bare(argv: list[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host
-    patch_pull(args.pull_size, args.pull_timeout)
+    _tune(args)
     pipeline = beam.Pipeline(options=_local_options(args.project, beam_args))
     _ = (pipeline
          | "Read" >> ReadFromPubSub(subscription=f"projects/{args.project}/subscriptions/{args.subscription}",
@@ -395,18 +419,17 @@ PROTOTYPES = {"fused": build_prototype, "lean": build_lean}
 
 
 def run_job(argv: list[str] | None = None, *, prototype: str | None = None) -> int:
-    """The real job (``streaming.job.run``) or a prototype (:data:`PROTOTYPES`), optionally with a bigger pull size."""
+    """The real job (``streaming.job.run``, tuned by its own flags) or a prototype (:data:`PROTOTYPES`)."""
     import logging
 
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--pull-size", type=int, default=LOCAL_PULL_SIZE)
-    parser.add_argument("--pull-timeout", type=float, default=LOCAL_PULL_TIMEOUT)
-    args, job_argv = parser.parse_known_args(argv)
-    patch_pull(args.pull_size, args.pull_timeout)
     if not prototype:
         from streaming.job import run
 
-        return run(job_argv)
+        return run(argv)
+    parser = argparse.ArgumentParser(add_help=False)
+    _tuning_flags(parser)
+    args, job_argv = parser.parse_known_args(argv)
+    _tune(args)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     ns, beam_args = build_parser().parse_known_args(job_argv)
     if ns.emulator_host:
@@ -418,50 +441,6 @@ def run_job(argv: list[str] | None = None, *, prototype: str | None = None) -> i
     pipeline = beam.Pipeline(options=pipeline_options(beam_args, config))
     PROTOTYPES[prototype](pipeline, config)
     return _run_until_cancelled(pipeline)
-
-
-def patch_pull(size: int, timeout: float, idle_sleep: float = 0.05, idle_after: float = 0.5) -> None:
-    """Patch the local runner's Pub/Sub reader: up to ``size`` messages per pull, ``timeout`` s deadline.
-
-    Beam 2.77's reader pulls 10 with a 30 s deadline, and the emulator holds an empty pull
-    until about 1 s before the deadline: with one worker thread, an idle subscription stalls
-    the whole pipeline ~29 s per cycle. With a deadline of at most 1 s an empty pull returns at
-    once; so that an idle pipeline does not spin, an empty pull sleeps ``idle_sleep`` s when no
-    reader got any message in the last ``idle_after`` s. A DeadlineExceeded is an empty pull.
-    """
-    if (size, timeout) == (LOCAL_PULL_SIZE, LOCAL_PULL_TIMEOUT):
-        return
-    from apache_beam.runners.direct import transform_evaluator as te
-    from google.api_core import exceptions
-    from google.pubsub_v1.types import PullResponse
-
-    original = te._PubSubReadEvaluator._read_from_pubsub
-    patched_timeout = timeout
-    last_data = [0.0]  # monotonic time any patched reader last got messages
-
-    def _read_from_pubsub(self, timestamp_attribute):
-        client = self._get_subscriber_client(self._applied_ptransform)
-        real_pull = client.pull
-
-        def pull(*, subscription, max_messages, timeout):
-            try:
-                response = real_pull(subscription=subscription, max_messages=size, timeout=patched_timeout)
-            except exceptions.DeadlineExceeded:
-                response = PullResponse()
-            now = time.monotonic()
-            if response.received_messages:
-                last_data[0] = now
-            elif patched_timeout <= 1.0 and now - last_data[0] > idle_after:
-                time.sleep(idle_sleep)
-            return response
-
-        client.pull = pull
-        try:
-            return original(self, timestamp_attribute)
-        finally:
-            del client.pull
-
-    te._PubSubReadEvaluator._read_from_pubsub = _read_from_pubsub
 
 
 def install_profiler(out: str) -> None:
@@ -608,19 +587,23 @@ def make_transactions(n: int, customers: int, terminals: int, seed: int):
 
 
 def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str, profile: str | None) -> list[str]:
-    patch = ["--pull-size", str(variant.pull_size), "--pull-timeout", str(variant.pull_timeout)] if variant.patched else []
     wrapper = ["--profile", profile] if profile else []
     if variant.base == "bare":
-        return [sys.executable, "-m", "loadtest.bench_stream", "bare-job", *wrapper, *patch,
+        return [sys.executable, "-m", "loadtest.bench_stream", "bare-job", *wrapper, *variant.job_flags(),
                 "--project", emulator.project, "--emulator-host", emulator.host_port,
                 "--subscription", names["in_sub"], "--topic", names["out"]]
     job_args = ["--project", emulator.project, "--emulator-host", emulator.host_port,
                 "--transactions-subscription", names["in_sub"],
                 "--labels-subscription", names["labels_sub"] if labels != "off" else "",
                 "--features-topic", names["out"], "--dead-letter-topic", names["dead"]]
-    if variant.base == "features" and not variant.patched and not profile:
-        return [sys.executable, "-m", "streaming.job", *job_args]  # exactly the real job
-    return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *patch, *job_args]
+    if variant.base == "features":
+        tuning = (["--local-pull-size", str(variant.pull_size), "--local-pull-deadline", str(variant.pull_timeout)]
+                  if variant.tuned else ["--no-local-tuning"])
+        if not profile:
+            return [sys.executable, "-m", "streaming.job", *job_args, *tuning]  # exactly the real job
+        return [sys.executable, "-m", "loadtest.bench_stream", "features-job", *wrapper, *job_args, *tuning]
+    return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *variant.job_flags(),
+            *job_args]
 
 
 def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, key_of, out: Outcome,
@@ -758,10 +741,10 @@ def print_row(o: Outcome) -> None:
 
 
 def baseline_of(variant: Variant, variants: Sequence[Variant]) -> Variant | None:
-    """The bare variant to compare with: same pull patch if run, else plain ``bare``; None for bare ones."""
+    """The bare variant to compare with: same tuning if run, else plain ``bare``; None for bare ones."""
     if variant.base == "bare":
         return None
-    same = [v for v in variants if v.base == "bare" and (v.pull_size, v.pull_timeout) == (variant.pull_size, variant.pull_timeout)]
+    same = [v for v in variants if v.base == "bare" and v.tuning == variant.tuning]
     plain = [v for v in variants if v.name == "bare"]
     return (same or plain or [None])[0]
 

@@ -26,6 +26,7 @@ message; enable it only for producers you control.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -51,12 +52,14 @@ from streaming.events import (
     format_time,
     parse,
 )
+from streaming import local_runner
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures
+from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import LEARNER_KEY, LearnerFn
 from streaming.scoring import ALERTS, ScoreFn
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
+LOCAL_RUNNERS = frozenset({LOCAL_RUNNER, "DirectRunner", "SwitchingDirectRunner"})
 SCHEMA_FEATURES = "streamscore.features.v1"
 
 
@@ -95,11 +98,15 @@ class JobConfig:
 
 
 class ParsePubsubFn(beam.DoFn):
-    """PubsubMessage → Transaction/Label, or a DeadLetter on the ``dead_letter`` output."""
+    """PubsubMessage → Transaction/Label, or a DeadLetter on the ``dead_letter`` output.
 
-    def __init__(self, expect: str, max_bytes: int = DEFAULT_MAX_BYTES):
+    With ``keyed``, events leave as ``(customer_id, event)``, ready for the customer stage.
+    """
+
+    def __init__(self, expect: str, max_bytes: int = DEFAULT_MAX_BYTES, keyed: bool = False):
         self.expect = expect
         self.max_bytes = max_bytes
+        self.keyed = keyed
         self._invalid = Metrics.counter(self.__class__, "invalid")
         self._parsed = Metrics.counter(self.__class__, "parsed")
 
@@ -110,7 +117,7 @@ class ParsePubsubFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(message.data, message.attributes, result, "parse"))
         else:
             self._parsed.inc()
-            yield result
+            yield key_by_customer(result) if self.keyed else result
 
 
 def features_message(featured: FeaturedTransaction, spec: FeatureSpec = DEFAULT_SPEC) -> PubsubMessage:
@@ -133,11 +140,12 @@ def dead_letter_message(dead: DeadLetter) -> PubsubMessage:
 
 
 class ReadEvents(beam.PTransform):
-    """Both subscriptions → one PCollection of parsed events, plus parse dead letters."""
+    """Both subscriptions → one PCollection of parsed events (``keyed``: by customer), plus parse dead letters."""
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: JobConfig, keyed: bool = False):
         super().__init__()
         self.config = config
+        self.keyed = keyed
 
     def expand(self, pbegin):
         config = self.config
@@ -150,8 +158,9 @@ class ReadEvents(beam.PTransform):
                 pbegin
                 | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(subscription), with_attributes=True,
                                                   timestamp_attribute=config.timestamp_attribute)
-                | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes)).with_outputs(
-                    DEAD_LETTER, main="events")
+                | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes, self.keyed))
+                .with_output_types(beam.typehints.KV[str, Any] if self.keyed else Any)
+                .with_outputs(DEAD_LETTER, main="events")
             )
             events.append(parsed.events)
             dead.append(parsed[DEAD_LETTER])
@@ -172,9 +181,12 @@ class StreamingJob(beam.PTransform):
     def expand(self, pbegin):
         config = self.config
         learn = bool(config.predictor and config.registry)
-        read = pbegin | ReadEvents.__name__ >> ReadEvents(config)
+        # Parsing keys the events and, without a predictor, the terminal stage formats the features
+        # messages itself: on the local runner every stage costs per bundle (see streaming/local_runner.py).
+        read = pbegin | ReadEvents.__name__ >> ReadEvents(config, keyed=True)
         featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(
-            self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None)
+            self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None, keyed=True,
+            emit=None if config.predictor else functools.partial(features_message, spec=self.spec))
         dead = [read["dead_letter"], featured["dead_letter"]]
         if config.predictor:
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
@@ -184,11 +196,8 @@ class StreamingJob(beam.PTransform):
             scored[ALERTS] | "WriteAlerts" >> WriteToPubSub(config.topic(config.alerts_topic), with_attributes=True)
             dead.append(scored[DEAD_LETTER])
         else:
-            (
-                featured["features"]
-                | "ToFeaturesMessage" >> beam.Map(features_message, self.spec)
-                | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
-            )
+            featured["features"] | "WriteFeatures" >> WriteToPubSub(
+                config.topic(config.features_topic), with_attributes=True)
         if learn:
             (
                 featured["examples"]
@@ -237,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long a scored feature vector waits for its label (default 8)")
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
+    local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
+    local.add_argument("--local-pull-size", type=int, default=100,
+                       help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
+    local.add_argument("--local-pull-deadline", type=float, default=1.0,
+                       help="seconds an empty pull waits (default 1; Beam's 30 s stalls the job on an idle topic)")
+    local.add_argument("--no-local-tuning", action="store_true",
+                       help="run Beam's local runner exactly as it ships (slower; for comparison)")
     return parser
 
 
@@ -251,11 +267,21 @@ def pipeline_options(beam_args: list[str], config: JobConfig) -> PipelineOptions
     return options
 
 
+def is_local(options: PipelineOptions) -> bool:
+    """Whether the job runs on Beam's in-process local runner."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name in LOCAL_RUNNERS
+
+
 def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
-    """Parse flags and construct (not run) the pipeline."""
+    """Parse flags and construct (not run) the pipeline; on the local runner, tune it (:mod:`streaming.local_runner`)."""
     args, beam_args = build_parser().parse_known_args(argv)
     if args.max_message_bytes <= 0:
         raise ValueError(f"--max-message-bytes must be > 0, got {args.max_message_bytes}")
+    if args.local_pull_size < 1 or not args.local_pull_deadline > 0:
+        raise ValueError(f"--local-pull-size must be >= 1 and --local-pull-deadline > 0, got "
+                         f"{args.local_pull_size} and {args.local_pull_deadline}")
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -267,7 +293,10 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args, config))
+    options = pipeline_options(beam_args, config)
+    if is_local(options) and not args.no_local_tuning:
+        local_runner.install(args.local_pull_size, args.local_pull_deadline)
+    pipeline = beam.Pipeline(options=options)
     _ = pipeline | StreamingJob.__name__ >> StreamingJob(config)
     return pipeline, config
 

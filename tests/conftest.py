@@ -1,4 +1,4 @@
-"""Shared fixtures: a Pub/Sub emulator for the session, and a small transactions-frame factory."""
+"""Shared fixtures: the tuned local runner, a Pub/Sub emulator for the session, a small transactions-frame factory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streaming import local_runner
 from streaming.pubsub_local import EmulatorNotFound, PubSubEmulator, find_emulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tuned_local_runner():
+    """In-process pipelines run on the local runner as ``streamscore stream`` runs there: tuned."""
+    return local_runner.install()
 
 
 @pytest.fixture(scope="session")

@@ -52,24 +52,39 @@ def test_own_process_is_readable():
 
 
 def test_variants_parse_and_alternate():
-    assert bs.parse_variant("features") == bs.Variant("features", "features")
-    v = bs.parse_variant("lean-pull100-wait1")
-    assert (v.base, v.pull_size, v.pull_timeout, v.patched) == ("lean", 100, 1.0, True)
-    assert not bs.parse_variant("bare").patched
-    for bad in ("nope", "features-pull0", "features-x", "features-wait0"):
+    assert bs.parse_variant("features") == bs.Variant("features", "features", 100, 1.0, True)
+    v = bs.parse_variant("lean-pull10-wait30")
+    assert (v.base, v.pull_size, v.pull_timeout, v.tuned) == ("lean", 10, 30.0, True)
+    assert v.job_flags() == ["--pull-size", "10", "--pull-timeout", "30.0"]
+    untuned = bs.parse_variant("bare-untuned")
+    assert not untuned.tuned and untuned.tuning == () and untuned.job_flags()[-1] == "--untuned"
+    for bad in ("nope", "features-pull0", "features-x", "features-wait0", "features-untuned-pull10"):
         with pytest.raises(ValueError):
             bs.parse_variant(bad)
     assert bs.variant_order(["a", "b", "c"], 0) == ["a", "b", "c"]
     assert bs.variant_order(["a", "b", "c"], 1) == ["c", "b", "a"]
 
 
-def test_baseline_is_the_bare_run_with_the_same_patch():
-    variants = [bs.parse_variant(n) for n in ("bare", "features", "bare-pull100", "features-pull100", "lean-wait1")]
+def test_baseline_is_the_bare_run_with_the_same_tuning():
+    names = ("bare", "features", "bare-untuned", "features-untuned", "lean-wait2")
+    variants = [bs.parse_variant(n) for n in names]
     by = {v.name: v for v in variants}
     assert bs.baseline_of(by["features"], variants).name == "bare"
-    assert bs.baseline_of(by["features-pull100"], variants).name == "bare-pull100"
-    assert bs.baseline_of(by["lean-wait1"], variants).name == "bare"  # no bare-wait1: plain bare
-    assert bs.baseline_of(by["bare-pull100"], variants) is None
+    assert bs.baseline_of(by["features-untuned"], variants).name == "bare-untuned"
+    assert bs.baseline_of(by["lean-wait2"], variants).name == "bare"  # no bare-wait2: plain bare
+    assert bs.baseline_of(by["bare-untuned"], variants) is None
+
+
+def test_job_commands_pass_the_tuning_to_every_kind():
+    class Emulator:
+        project, host_port = "local-project", "127.0.0.1:1"
+
+    names = {k: k for k in ("in_sub", "out", "dead", "labels_sub")}
+    real = bs._job_command(bs.parse_variant("features-pull50"), Emulator, names, "off", None)
+    assert real[1:3] == ["-m", "streaming.job"] and real[-4:] == ["--local-pull-size", "50", "--local-pull-deadline", "1.0"]
+    assert bs._job_command(bs.parse_variant("features-untuned"), Emulator, names, "off", None)[-1] == "--no-local-tuning"
+    bare = bs._job_command(bs.parse_variant("bare-untuned"), Emulator, names, "off", None)
+    assert "bare-job" in bare and "--untuned" in bare
 
 
 def test_median_ignores_missing_values():
