@@ -20,6 +20,7 @@ lateness, goes to the dead-letter output with the reason: nothing is dropped sil
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -57,6 +58,11 @@ def transaction_features(tx: Transaction) -> dict[str, float]:
     t = tx.event_time.astimezone(UTC)
     return {"TX_AMOUNT": tx.amount, "TX_DURING_WEEKEND": float(t.weekday() in _WEEKEND),
             "TX_DURING_NIGHT": float(t.hour <= 6)}
+
+
+def key_by_customer(event: Transaction | Label) -> tuple[str, Transaction | Label]:
+    """The customer stage's input: ``(customer_id, event)``."""
+    return event.customer_id, event
 
 
 def _dead(event: Transaction | Label, reason: str) -> DeadLetter:
@@ -101,24 +107,28 @@ class CustomerStateFn(beam.DoFn):
 
 
 @beam.typehints.with_input_types(beam.typehints.KV[str, Any])
-@beam.typehints.with_output_types(FeaturedTransaction)
 class TerminalStateFn(beam.DoFn):
     """(terminal_id, (Transaction, customer features) | Label) → :class:`FeaturedTransaction`.
 
     With ``keep_examples_days``, the feature vector of each transaction is also kept (a
     :class:`~streaming.labelled.FeatureStore`) until its label arrives, and each label then
     yields an :class:`~streaming.labelled.Example` on the ``examples`` output — for online
-    learning from exactly the features that were scored, without another stage.
+    learning from exactly the features that were scored, without another stage. A label that
+    overtakes its transaction waits in the store and its example leaves with the transaction.
+
+    ``emit`` (optional) turns each FeaturedTransaction into what the stage outputs (e.g. the
+    ``features`` topic message), saving the runner a stage.
     """
 
     STATE = ReadModifyWriteStateSpec("terminal", PickleCoder())
     SCORED = ReadModifyWriteStateSpec("scored", PickleCoder())
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
-                 keep_examples_days: float | None = None):
+                 keep_examples_days: float | None = None, emit: Callable[[FeaturedTransaction], Any] | None = None):
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
         self.keep_examples_days = keep_examples_days
+        self.emit = emit
         self._labels = Metrics.counter(self.__class__, "labels")
         self._late = Metrics.counter(self.__class__, "late")
         self._examples = Metrics.counter(self.__class__, "examples")
@@ -138,9 +148,9 @@ class TerminalStateFn(beam.DoFn):
             state.write(current)
             if self.keep_examples_days:
                 store = self._store(scored)
-                example = store.label(value.transaction_id, value.label)
+                example = store.label(value.transaction_id, value.label, time_ns(value.event_time))
+                scored.write(store)  # the vector was taken, or the label waits for its transaction
                 if example is not None:
-                    scored.write(store)
                     self._examples.inc()
                     yield beam.pvalue.TaggedOutput(EXAMPLES, example)
             return
@@ -161,40 +171,50 @@ class TerminalStateFn(beam.DoFn):
         featured = FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
         if self.keep_examples_days:
             store = self._store(scored)
-            store.add(tx.transaction_id, time_ns(tx.event_time), featured.features)
+            example = store.add(tx.transaction_id, time_ns(tx.event_time), featured.features)
             scored.write(store)
-        yield featured
+            if example is not None:  # its label came first
+                self._examples.inc()
+                yield beam.pvalue.TaggedOutput(EXAMPLES, example)
+        yield featured if self.emit is None else self.emit(featured)
 
 
 class StreamFeatures(beam.PTransform):
     """Transactions and labels in; ``{"features": FeaturedTransaction, "dead_letter": DeadLetter}`` out.
 
-    The input is one PCollection of parsed :class:`Transaction` and :class:`Label` events.
+    The input is one PCollection of parsed :class:`Transaction` and :class:`Label` events, or,
+    with ``keyed=True``, of ``(customer_id, event)`` pairs (:func:`key_by_customer`: the parser
+    can key them itself, saving the runner a stage). With ``emit``, the ``"features"`` output
+    holds ``emit(featured)`` instead of each :class:`FeaturedTransaction`.
     With ``keep_examples_days`` the output also has ``"examples"``: an
     :class:`~streaming.labelled.Example` for each label whose transaction was featurised
     at most that many days (event time) before the terminal's latest transaction.
     """
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
-                 keep_examples_days: float | None = None):
+                 keep_examples_days: float | None = None, *, keyed: bool = False,
+                 emit: Callable[[FeaturedTransaction], Any] | None = None):
         super().__init__()
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
         self.keep_examples_days = keep_examples_days
+        self.keyed = keyed
+        self.emit = emit
 
     def expand(self, events):
+        if not self.keyed:
+            events = events | "KeyByCustomer" >> beam.Map(key_by_customer).with_output_types(beam.typehints.KV[str, Any])
         customer = (
             events
-            | "KeyByCustomer" >> beam.Map(lambda event: (event.customer_id, event)).with_output_types(
-                beam.typehints.KV[str, Any])
             | CustomerStateFn.__name__ >> beam.ParDo(
                 CustomerStateFn(self.spec, self.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
         )
         terminal = (
             customer.main
             | TerminalStateFn.__name__ >> beam.ParDo(
-                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days)).with_outputs(
-                    DEAD_LETTER, EXAMPLES, main="main")
+                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days, self.emit))
+            .with_output_types(FeaturedTransaction if self.emit is None else Any)
+            .with_outputs(DEAD_LETTER, EXAMPLES, main="main")
         )
         dead = (customer[DEAD_LETTER], terminal[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
         out = {"features": terminal.main, "dead_letter": dead}

@@ -38,3 +38,23 @@ def test_out_of_order_adds_do_not_move_the_horizon_back():
 def test_keep_must_be_positive():
     with pytest.raises(ValueError, match="keep_ns must be > 0, got 0"):
         FeatureStore(0)
+
+
+def test_a_label_before_its_transaction_waits_and_joins_when_it_comes():
+    store = FeatureStore(keep_ns=8 * DAY)
+    store.add("x", 10 * DAY, (0.0,))
+    assert store.label("a", 1, time_ns=9 * DAY) is None and store.pending_labels == 1
+    assert store.add("a", 9 * DAY, (5.0,)) == Example("a", 9 * DAY, (5.0,), 1)
+    assert store.pending_labels == 0 and len(store) == 1  # joined: nothing kept for "a"
+    assert store.label("a", 1) is None  # learned from once
+
+
+def test_pending_labels_expire_like_vectors_and_stale_ones_are_not_kept():
+    store = FeatureStore(keep_ns=DAY)
+    store.add("x", 5 * DAY, (0.0,))
+    assert store.label("old", 0, time_ns=3 * DAY) is None and store.pending_labels == 0  # already too old
+    store.label("soon", 0, time_ns=5 * DAY)
+    store.add("y", 7 * DAY, (0.0,))  # the horizon moves past "soon"
+    assert store.pending_labels == 0 and store.expired_labels == 1
+    assert store.add("soon", 5 * DAY, (1.0,)) is None  # came too late to join: kept, as any vector
+    assert store.label("nope", 1) is None and store.pending_labels == 0  # without a time: not kept
