@@ -15,20 +15,16 @@ import math
 import pickle
 from datetime import UTC, datetime, timedelta
 
-import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming.beam_testing import Collect
+from streaming.beam_testing import replay, with_labels
 from streaming.datasets import iter_transactions, read_table, reference_dir, write_table
-from streaming.events import Label, Transaction
+from streaming.events import Transaction
 from streaming.features import batch
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC, EXTENDED_SPEC, SPECS, FeatureSpec
@@ -316,45 +312,15 @@ def test_beam_job_with_spec_extended_writes_featurize_frame(tmp_path, transactio
 
 # --- streaming (TestStream) -----------------------------------------------------------------------
 
-def event_seconds(event) -> float:
-    return (event.reported_at if isinstance(event, Label) else event.event_time).timestamp()
-
-
 def run_stream(batches: list[list], spec: FeatureSpec) -> tuple[dict, list]:
     """Feed batches of events through ``StreamFeatures(spec)``; ({tx id: {name: value}}, dead letters)."""
-    stream, watermark = TestStream(), -math.inf
-    for events in batches:
-        stream = stream.add_elements([TimestampedValue(e, event_seconds(e)) for e in events])
-        latest = math.floor(max(event_seconds(e) for e in events) * 1000) / 1000
-        if latest > watermark:
-            stream, watermark = stream.advance_watermark_to(latest), latest
-    stream = stream.advance_watermark_to_infinity()
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    features, dead = Collect("CollectFeatures"), Collect("CollectDeadLetters")
-    with beam.Pipeline(options=options) as p:
-        out = p | stream | StreamFeatures(spec=spec)
-        out["features"] | features
-        out["dead_letter"] | dead
+    out = replay(batches, StreamFeatures(spec=spec))
     by_id = {}
-    for f in features.results():
+    for f in out["features"]:
         assert f.transaction.transaction_id not in by_id
         assert len(f.features) == len(spec.names)
         by_id[f.transaction.transaction_id] = dict(zip(spec.names, f.features))
-    return by_id, dead.results()
-
-
-def with_labels(txs: list[Transaction], frauds: dict, seed: int = 2) -> list:
-    """One time-ordered stream: each transaction, and its label 1–7 days (fraud) or 7 days (genuine) later."""
-    rng = np.random.default_rng(seed)
-    timeline = [(t.event_time, 0, t) for t in txs]
-    for t in txs:
-        y = int(frauds[t.transaction_id])
-        delay = timedelta(seconds=float(rng.uniform(86_400, 7 * 86_400))) if y else timedelta(days=7)
-        timeline.append((t.event_time + delay, 1, Label(t.transaction_id, y, t.event_time, t.customer_id,
-                                                         t.terminal_id, t.event_time + delay)))
-    timeline.sort(key=lambda item: (item[0], item[1]))
-    return [event for _, _, event in timeline]
+    return by_id, out["dead_letter"]
 
 
 def frame_of(txs: list[Transaction], frauds: dict) -> pd.DataFrame:

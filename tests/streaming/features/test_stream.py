@@ -6,18 +6,13 @@ reference features on an entity-sampled slice of the reference data.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
-import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
 
-from streaming.beam_testing import Collect
+from streaming.beam_testing import replay, with_labels
 from streaming.datasets import iter_transactions, read_table, reference_dir
 from streaming.events import Label, Transaction
 from streaming.features.batch import featurize_frame
@@ -28,33 +23,16 @@ NAMES = DEFAULT_SPEC.names
 T0 = datetime(2018, 4, 2, tzinfo=UTC)  # a Monday
 
 
-def run_stream(batches: list[list], allowed_lateness_days: float = 1.0) -> tuple[dict, list]:
-    """Feed batches of events through StreamFeatures; return ({tx id: features}, dead letters)."""
-    stream, watermark = TestStream(), -math.inf
-    for batch in batches:
-        stream = stream.add_elements([TimestampedValue(e, event_seconds(e)) for e in batch])
-        latest = math.floor(max(event_seconds(e) for e in batch) * 1000) / 1000
-        if latest > watermark:  # out-of-order batches leave the watermark where it is
-            stream, watermark = stream.advance_watermark_to(latest), latest
-    stream = stream.advance_watermark_to_infinity()
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    features, dead = Collect("CollectFeatures"), Collect("CollectDeadLetters")
-    with beam.Pipeline(options=options) as p:
-        out = p | stream | StreamFeatures(allowed_lateness_days=allowed_lateness_days)
-        out["features"] | features
-        out["dead_letter"] | dead
+def run_stream(batches: list[list], allowed_lateness_days: float = 1.0, keep_examples_days: float | None = None,
+               spec=DEFAULT_SPEC) -> tuple[dict, list, list]:
+    """Feed batches of events through StreamFeatures; return ({tx id: features}, dead letters, examples)."""
+    out = replay(batches, StreamFeatures(spec, allowed_lateness_days, keep_examples_days))
     by_id: dict = {}
-    for f in features.results():
+    for f in out["features"]:
         assert f.transaction.transaction_id not in by_id, f"{f.transaction.transaction_id} emitted twice"
-        by_id[f.transaction.transaction_id] = dict(zip(NAMES, f.features))
-    return by_id, dead.results()
-
-
-def event_seconds(event) -> float:
-    """Event timestamp of a TestStream element: a label counts at its report time."""
-    when = event.reported_at if isinstance(event, Label) else event.event_time
-    return when.timestamp()
+        assert len(f.features) == len(spec.names)
+        by_id[f.transaction.transaction_id] = dict(zip(spec.names, f.features))
+    return by_id, out["dead_letter"], out.get("examples", [])
 
 
 def frame_of(txs: list[Transaction], frauds: dict[str, int] | None = None) -> pd.DataFrame:
@@ -92,19 +70,6 @@ def synthetic(n: int = 400, seed: int = 1) -> tuple[list[Transaction], dict[str,
     return txs, frauds
 
 
-def with_labels(txs: list[Transaction], frauds: dict[str, int], seed: int = 2) -> list:
-    """One time-ordered stream: each transaction, and its label 1–7 days (fraud) or 7 days (genuine) later."""
-    rng = np.random.default_rng(seed)
-    timeline = [(t.event_time, 0, t) for t in txs]
-    for t in txs:
-        y = frauds[t.transaction_id]
-        delay = timedelta(seconds=float(rng.uniform(86_400, 7 * 86_400))) if y else timedelta(days=7)
-        label = Label(t.transaction_id, y, t.event_time, t.customer_id, t.terminal_id, t.event_time + delay)
-        timeline.append((label.reported_at, 1, label))
-    timeline.sort(key=lambda item: (item[0], item[1]))
-    return [event for _, _, event in timeline]
-
-
 def batches_of(events: list, size: int = 50) -> list[list]:
     return [events[i:i + size] for i in range(0, len(events), size)]
 
@@ -112,7 +77,7 @@ def batches_of(events: list, size: int = 50) -> list[list]:
 @pytest.mark.integration
 def test_streamed_features_equal_batch_on_synthetic_events():
     txs, frauds = synthetic()
-    streamed, dead = run_stream(batches_of(with_labels(txs, frauds)))
+    streamed, dead, _ = run_stream(batches_of(with_labels(txs, frauds)))
     assert dead == []
     assert len(streamed) == len(txs)
     assert_same_features(streamed, featurize_frame(frame_of(txs, frauds)))
@@ -130,7 +95,7 @@ def test_duplicates_change_no_count_and_are_dead_lettered():
         if isinstance(e, Transaction) and int(e.transaction_id) % 10 == 0:
             redelivered.append(e)
     dups = sum(1 for e in txs if int(e.transaction_id) % 10 == 0)
-    streamed, dead = run_stream(batches_of(redelivered, 30))
+    streamed, dead, _ = run_stream(batches_of(redelivered, 30))
     assert len(streamed) == len(txs)
     assert sorted(d.transaction_id for d in dead) == sorted(e.transaction_id for e in txs if int(e.transaction_id) % 10 == 0)
     assert len(dead) == dups
@@ -144,7 +109,7 @@ def test_out_of_order_arrivals():
     times = [T0 + timedelta(hours=h) for h in (0, 1, 2, 3)]
     txs = [Transaction(str(i), t, c, m, 10.0 * (i + 1)) for i, t in enumerate(times)]
     # arrival order 0, 2, 1, 3: tx 1 arrives after tx 2 (later in event time)
-    streamed, dead = run_stream([[txs[0]], [txs[2]], [txs[1]], [txs[3]]])
+    streamed, dead, _ = run_stream([[txs[0]], [txs[2]], [txs[1]], [txs[3]]])
     assert dead == []
     count = "CUSTOMER_ID_NB_TX_1DAY_WINDOW"
     avg = "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"
@@ -161,7 +126,7 @@ def test_label_arriving_before_its_transaction_still_counts():
     fraud = Transaction("1", T0, "1", "7", 5.0)
     later = Transaction("2", T0 + timedelta(days=7, hours=1), "2", "7", 5.0)
     label = Label("1", 1, T0, "1", "7", T0 + timedelta(days=1))
-    streamed, dead = run_stream([[label], [fraud], [later]])
+    streamed, dead, _ = run_stream([[label], [fraud], [later]])
     assert dead == []
     assert streamed["2"]["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1.0
     assert streamed["2"]["TERMINAL_ID_RISK_1DAY_WINDOW"] == 1.0
@@ -171,7 +136,7 @@ def test_label_arriving_before_its_transaction_still_counts():
 def test_events_later_than_allowed_lateness_are_dead_lettered():
     early = Transaction("1", T0, "1", "1", 5.0)
     later = Transaction("2", T0 + timedelta(days=3), "1", "1", 5.0)
-    streamed, dead = run_stream([[later], [early]], allowed_lateness_days=1.0)
+    streamed, dead, _ = run_stream([[later], [early]], allowed_lateness_days=1.0)
     assert list(streamed) == ["2"]
     assert [d.transaction_id for d in dead] == ["1"] and "allowed lateness" in dead[0].error
 
@@ -197,7 +162,7 @@ def test_stream_matches_reference_on_entity_sample():
     slice_ = df[in_c | in_m].reset_index(drop=True)
     txs = list(iter_transactions(slice_))
     frauds = dict(zip(slice_["TRANSACTION_ID"].astype(str), slice_["TX_FRAUD"]))
-    streamed, dead = run_stream(batches_of(with_labels(txs, frauds), 200))
+    streamed, dead, _ = run_stream(batches_of(with_labels(txs, frauds), 200))
     assert dead == [] and len(streamed) == len(slice_)
 
     # 1. streaming == batch on the same events, every feature of every row
@@ -218,21 +183,28 @@ def test_stream_matches_reference_on_entity_sample():
 @pytest.mark.integration
 def test_labels_yield_examples_with_the_scored_features():
     txs, frauds = synthetic(300, seed=5)
-    stream, watermark = TestStream(), -math.inf
-    for batch in batches_of(with_labels(txs, frauds)):
-        stream = stream.add_elements([TimestampedValue(e, event_seconds(e)) for e in batch])
-        latest = math.floor(max(event_seconds(e) for e in batch) * 1000) / 1000
-        if latest > watermark:
-            stream, watermark = stream.advance_watermark_to(latest), latest
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    features, examples = Collect("Features"), Collect("Examples")
-    with beam.Pipeline(options=options) as p:
-        out = p | stream.advance_watermark_to_infinity() | StreamFeatures(keep_examples_days=8)
-        out["features"] | features
-        out["examples"] | examples
-    scored = {f.transaction.transaction_id: f.features for f in features.results()}
-    got = examples.results()
-    assert sorted(e.transaction_id for e in got) == sorted(scored)  # every label joined exactly once
+    streamed, _, got = run_stream(batches_of(with_labels(txs, frauds)), keep_examples_days=8)
+    assert sorted(e.transaction_id for e in got) == sorted(streamed)  # every label joined exactly once
     for e in got:
-        assert e.features == scored[e.transaction_id] and e.label == frauds[e.transaction_id]
+        assert e.features == tuple(streamed[e.transaction_id].values()) and e.label == frauds[e.transaction_id]
+
+
+@pytest.mark.integration
+def test_a_label_that_overtakes_its_transaction_still_yields_its_example():
+    """Both topics backlogged: the labels reader can deliver a label before its transaction."""
+    txs, frauds = synthetic(120, seed=6)
+    events = with_labels(txs, frauds)
+    early = {e.transaction_id: e for e in events if isinstance(e, Label) and int(e.transaction_id) % 3 == 0}
+    reordered = []
+    for e in events:  # every third label is delivered right before its transaction instead of days later
+        if isinstance(e, Label) and e.transaction_id in early:
+            continue
+        if isinstance(e, Transaction) and e.transaction_id in early:
+            reordered.append(early[e.transaction_id])
+        reordered.append(e)
+    batch = reordered
+    streamed, dead, got = run_stream(batches_of(batch), keep_examples_days=8)
+    assert dead == []
+    assert sorted(e.transaction_id for e in got) == sorted(streamed)  # early labels joined too
+    for e in got:
+        assert e.features == tuple(streamed[e.transaction_id].values()) and e.label == frauds[e.transaction_id]
