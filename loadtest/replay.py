@@ -319,9 +319,10 @@ def replay(df: pd.DataFrame, *, publisher, subscriber, topics: TopicPaths, score
                 reason = _assess_ready(o, stages, windows, assessed, state, now, step_slo_ms, settle)
                 if reason is not None:
                     stop_publish.set()
-            if progress:
-                acc = o.accounting()
-                bar.set_postfix(scored=acc["scored"], backlog=ledger.unresolved(), lost=acc["lost"], refresh=False)
+            if progress:  # in flight: awaiting a score within the timeout; lost: past it
+                in_flight = ledger.outstanding(now)
+                bar.set_postfix(scored=int(o.is_scored.sum()), in_flight=in_flight,
+                                lost=ledger.unresolved() - in_flight, refresh=False)
             if state.finished and ledger.outstanding(now) == 0 and (step_slo_ms is None or reason is not None
                                                                     or len(assessed) == _stages_sent(o)):
                 break

@@ -102,7 +102,8 @@ def test_replay_counts_lost_and_duplicated_events(make_frame):
     df = namespaced(make_frame(60, seed=5), "d-")
     ids = list(df["TRANSACTION_ID"])
     system = FakeSystem(capacity=1000.0, drop={ids[7], ids[9]}, duplicate={ids[3]})
-    result = _run(system, df, stages=[rl.Stage(200.0)], timeout=0.5, settle=0.3, max_seconds=30.0)
+    result = _run(system, df, stages=[rl.Stage(200.0)], timeout=0.5, settle=0.3, max_seconds=30.0,
+                  progress=True)  # the progress bar's code path too (drawn on stderr)
     acc = result.outcome.accounting()
     assert acc == {**acc, "sent": 60, "published": 60, "scored": 58, "lost": 2, "late": 0, "duplicates": 1,
                    "duplicated_ids": 1, "dead_lettered": 0, "foreign_scores": 0}
