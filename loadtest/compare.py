@@ -42,6 +42,7 @@ FIGURES = (
     ("quality.average_precision", "production AP", "higher"),
     ("shadow.candidate.average_precision", "shadow candidate AP", "higher"),
     ("shadow.alerts.agreement", "shadow alert agreement", "higher"),
+    ("shadow.top_overlap.overlap", "shadow top-1% overlap", "higher"),
 )
 
 

@@ -110,7 +110,7 @@ def format_summary(report: dict) -> str:
         ap = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         diff = lambda v: "-" if v is None else f"{v:.2g}"  # noqa: E731
         lines.append(f"  shadow {sh['target']}: {sh['events']:,} events, mean |diff| {diff(sh['mean_abs_diff'])}, "
-                     f"spearman {ap(sh['spearman'])}, alert agreement {ap(sh['alerts']['agreement'])}; AP production "
+                     f"spearman {ap(sh['spearman'])}, top-1% overlap {ap(sh.get('top_overlap', {}).get('overlap'))}, alert agreement {ap(sh['alerts']['agreement'])}; AP production "
                      f"{ap(sh['production']['average_precision'])} vs candidate {ap(sh['candidate']['average_precision'])}")
     return "\n".join(lines)
 
@@ -222,10 +222,12 @@ def render_html(report: dict) -> str:
         f3 = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         al = sh["alerts"]
         parts += ["<h2>Shadow comparison</h2>",
-                  _table(["candidate", "events", "mean |diff|", "max |diff|", "Spearman", "alert agreement",
+                  _table(["candidate", "events", "mean |diff|", "max |diff|", "Spearman", "top-1% overlap",
+                          "alert agreement",
                           "alerts prod / cand / both", "AP production", "AP candidate"],
                          [[f"{sh['target']} ({', '.join(sh['candidate']['model_versions'])})", sh["events"],
-                           f3(sh["mean_abs_diff"]), f3(sh["max_abs_diff"]), f3(sh["spearman"]), f3(al["agreement"]),
+                           f3(sh["mean_abs_diff"]), f3(sh["max_abs_diff"]), f3(sh["spearman"]),
+                           f3(sh.get("top_overlap", {}).get("overlap")), f3(al["agreement"]),
                            f"{al['production']} / {al['candidate']} / {al['both']}",
                            f3(sh["production"]["average_precision"]), f3(sh["candidate"]["average_precision"])]])]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'

@@ -7,7 +7,7 @@ registry's production) scores exactly those vectors over gRPC
 does not disturb the latencies being measured; the figures are the same as scoring in line.
 
 :func:`agreement` is the pure part: mean and max absolute difference, Spearman rank
-correlation, agreement of alerts at a threshold, and each version's average precision on the
+correlation, overlap of the top 1 % by each version, agreement of alerts at a threshold, and each version's average precision on the
 labelled events (labels from the input's ``TX_FRAUD``).
 
 >>> a = agreement([0.1, 0.9, 0.4], [0.2, 0.8, 0.3], labels=[0, 1, 0], threshold=0.5)
@@ -31,18 +31,26 @@ def _nan_to_none(value: float) -> float | None:
 
 
 def agreement(production: Sequence[float], candidate: Sequence[float], labels: Sequence[int | None] | None = None,
-              threshold: float = 0.5) -> dict:
-    """How two versions' scores of the same events compare (``labels`` entries may be ``None``)."""
+              threshold: float = 0.5, top_share: float = 0.01) -> dict:
+    """How two versions' scores of the same events compare (``labels`` entries may be ``None``).
+
+    ``top_overlap``: of the ``top_share`` highest-scored events by each version, the share both
+    rank there (what matters when only the top of the ranking is investigated; the Spearman
+    correlation over all events is dominated by the mass of near-zero scores).
+    """
     p, c = np.asarray(production, dtype=float), np.asarray(candidate, dtype=float)
     if p.shape != c.shape:
         raise ValueError(f"production and candidate need one score per event each, got {len(p)} and {len(c)}")
     n = len(p)
     diff = np.abs(p - c)
     rank = (pd.Series(p).rank().corr(pd.Series(c).rank()) if n > 1 else math.nan)
+    k = max(1, math.ceil(top_share * n)) if n else 0
+    top_p, top_c = set(np.argsort(-p, kind="stable")[:k]), set(np.argsort(-c, kind="stable")[:k])
     pa, ca = p >= threshold, c >= threshold
     out = {"events": n, "mean_abs_diff": _nan_to_none(diff.mean()) if n else None,
            "max_abs_diff": _nan_to_none(diff.max()) if n else None,
            "spearman": _nan_to_none(rank),
+           "top_overlap": {"share": top_share, "k": k, "overlap": len(top_p & top_c) / k if k else None},
            "alerts": {"threshold": threshold, "production": int(pa.sum()), "candidate": int(ca.sum()),
                       "both": int(np.sum(pa & ca)), "only_production": int(np.sum(pa & ~ca)),
                       "only_candidate": int(np.sum(~pa & ca)),

@@ -123,8 +123,11 @@ def test_shadow_agreement_on_constructed_scores():
                               "only_candidate": 0, "agreement": 1.0}
     assert same["labelled"] == 3 and same["frauds"] == 1
     assert same["production"]["average_precision"] == same["candidate"]["average_precision"] == 1.0
+    assert same["top_overlap"] == {"share": 0.01, "k": 1, "overlap": 1.0}
     flipped = agreement([0.1, 0.7, 0.2, 0.9], [0.9, 0.2, 0.7, 0.1], [0, 1, 0, 1])
     assert flipped["spearman"] == pytest.approx(-1.0) and flipped["alerts"]["agreement"] == 0.0
+    assert flipped["top_overlap"]["overlap"] == 0.0
+    assert agreement(range(200), range(200), top_share=0.05)["top_overlap"] == {"share": 0.05, "k": 10, "overlap": 1.0}
     assert flipped["max_abs_diff"] == pytest.approx(0.8) and flipped["candidate"]["average_precision"] == pytest.approx(5 / 12)
     assert agreement([0.2], [0.3], [0])["production"]["average_precision"] is None  # no fraud: AP undefined
     with pytest.raises(ValueError, match="one score per event"):
