@@ -51,7 +51,7 @@ from loadtest.replay_ledger import (TRANSACTION, Ledger, Outcome, Planned, Stage
                                     slo_certainly_breached, stage_windows, step_stages)
 from streaming.datasets import DatasetError, read_table
 from streaming.events import encode
-from streaming.publish import LabelDelay, PublishError, PublishReport, TopicPaths, _Confirmer, _timeline, schedule_labels
+from streaming.publish import LabelDelay, PublishReport, TopicPaths, _Confirmer, _timeline, schedule_labels
 
 PROG = "streamscore loadtest replay"
 _BASE = time.time() - time.monotonic()
@@ -153,7 +153,7 @@ def publish_plan(planned: Iterable[Planned], publisher, topics: TopicPaths, ledg
             if confirmer.outstanding >= 1000:
                 confirmer.drain()
         confirmer.drain(block=True, timeout=confirm_timeout)
-    except (PublishError, Exception) as exc:  # reported by the controller, which stops the run
+    except Exception as exc:  # noqa: BLE001 - PublishError and client errors: the controller reports and stops
         state.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
         state.finished = True
@@ -527,6 +527,14 @@ def _check(args, parser) -> None:
         parser.error(f"--alert-threshold must be in [0, 1], got {args.alert_threshold}")
 
 
+def _stages(args) -> list[Stage] | None:
+    """The rate stages: step load, one unbounded stage at ``--rate``, or none (``--speedup``)."""
+    if args.step:
+        return step_stages(args.rate, factor=None if args.step_increment else (args.step_factor or 1.5),
+                           increment=args.step_increment, seconds=args.stage_seconds, count=args.max_stages)
+    return None if args.speedup else [Stage(args.rate)]
+
+
 def _clients(args):
     from streaming.publish import make_publisher
 
@@ -555,7 +563,7 @@ def _ensure_subscriptions(subscriber, project: str, pairs: dict[str, str]) -> No
 
 def run(argv: list[str] | None = None) -> int:
     """Exit code: 0 done, 1 the run failed or lost events, 2 bad arguments or input."""
-    from loadtest.replay_report import build_report, format_summary, write_html
+    from loadtest.replay_report import build_report, format_summary, strict, write_html
     from loadtest.replay_stack import LocalStack
     from streaming.pubsub_local import subscription_path
 
@@ -569,9 +577,9 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     if args.limit is not None:
         raw = raw.iloc[: args.limit]
+    stages = _stages(args)
     if args.step:  # no more than the stages can send
-        raw = raw.iloc[: int(sum(s.size for s in step_stages(args.rate, factor=None if args.step_increment else (
-            args.step_factor or 1.5), increment=args.step_increment, seconds=args.stage_seconds, count=args.max_stages)))]
+        raw = raw.iloc[: int(sum(s.size for s in stages))]
     if raw.empty:
         print(f"{PROG}: --input {args.input!r} has no transactions to replay", file=sys.stderr)
         return 2
@@ -580,11 +588,6 @@ def run(argv: list[str] | None = None) -> int:
     delay = LabelDelay() if d is None else LabelDelay((d, d), d)
     df = namespaced(raw, prefix)
     warm = namespaced(raw.iloc[: args.warmup], f"warmup-{prefix or 'x-'}") if args.warmup else None
-    if args.step:
-        stages = step_stages(args.rate, factor=None if args.step_increment else (args.step_factor or 1.5),
-                             increment=args.step_increment, seconds=args.stage_seconds, count=args.max_stages)
-    else:
-        stages = None if args.speedup else [Stage(args.rate)]
     labels = args.labels and "TX_FRAUD" in df.columns
     # On the local runner a streaming read that gets no messages blocks the pipeline for ~29 s
     # per pull, so the job only reads labels when this run sends some.
@@ -647,7 +650,7 @@ def run(argv: list[str] | None = None) -> int:
     print(format_summary(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(strict(report), indent=2, allow_nan=False) + "\n")
     if args.html:
         write_html(report, args.html)
     acc = report["accounting"]

@@ -20,6 +20,17 @@ from models.report import COLORS, CSS, _esc, _Plot
 SCHEMA = "streamscore.loadtest.replay.v1"
 
 
+def strict(value):
+    """``value`` with every NaN or infinite float replaced by ``None`` (strict JSON: null = not measured)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def _rate(count: int, span: float) -> float | None:
     return count / span if span > 0 and count else None
 

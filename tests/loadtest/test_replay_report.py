@@ -60,6 +60,13 @@ def test_report_has_every_figure_and_is_strict_json():
     assert back["throughput_tps"]["offered"] > 0 and back["latency_ms"]["e2e"]["p99.9"] is None
 
 
+def test_strict_turns_non_finite_numbers_into_null():
+    from loadtest.replay_report import strict
+
+    assert strict({"a": [1.0, float("nan"), {"b": float("inf")}], "c": "x", "d": 2}) == {
+        "a": [1.0, None, {"b": None}], "c": "x", "d": 2}
+
+
 def test_summary_and_html():
     report = report_of(step_result())
     text = format_summary(report)
