@@ -25,15 +25,15 @@ that span), the job's CPU per output over that same span, peak RSS, and whether 
 expected outputs came (features: distinct transaction ids; duplicates and dead letters are
 counted). Then medians over repeats and the ratio features/bare. Numbers only, no thresholds.
 
-Variants (``--variants``, same method): ``bare`` and ``features`` as above, and two prototypes
-composing the job's own DoFns with fewer stages — ``fused`` (:func:`build_prototype`: parse+key,
-customer, terminal+message; dead letters encoded where they arise, one Flatten, one write) and
-``lean`` (:func:`build_lean`: dead letters ride the main path under key ``""`` and leave at the
-terminal stage; 8 transform evaluations per pulled bundle instead of ~24). Any variant may
-carry ``-pull<N>`` (the local runner's Pub/Sub pull size, Beam's is 10) and/or ``-wait<S>`` (its
-pull deadline, Beam's is 30 s; <= 1 s makes an empty pull return at once), both applied by
-:func:`patch_pull` in the job process, e.g. ``features-pull100``, ``lean-pull100-wait1``.
-The job's own CLI (``python -m streaming.job``) is used whenever nothing is patched or profiled.
+Variants (``--variants``, same method): ``bare`` and ``features`` as above, and ``scoring``: the
+real job scoring every transaction over gRPC (``--predictor``: a ``streamscore serve --model-file``
+started once for the run, on an XGBoost model trained on a simulated history of the same
+population, so alerts are about as rare as frauds; its ``scores`` topic is the output). Every variant
+runs on the local runner as ``streamscore stream`` does, tuned by :mod:`streaming.local_runner`
+(100-message pulls with a 1 s deadline); ``-pull<N>`` / ``-wait<S>`` change the tuning's pull size
+and deadline, ``-untuned`` runs Beam's runner as it ships (10-message pulls, 30 s deadline), e.g.
+``features-untuned``, ``bare-pull10``. The ratio compares each variant with the bare run of the
+same tuning.
 
 ``BENCH_STREAM_PROFILE=DIR`` runs every job subprocess under cProfile (the runner's worker
 thread, where all transforms execute) and writes ``DIR/<variant>-<repeat>.prof``.
@@ -42,6 +42,7 @@ thread, where all transforms execute) and writes ``DIR/<variant>-<repeat>.prof``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -56,23 +57,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
-from apache_beam.typehints import KV, Any
-
-from streaming.events import SCHEMA_LABEL, SCHEMA_TRANSACTION
-from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.features.stream import DEAD_LETTER, CustomerStateFn, TerminalStateFn
-from streaming.job import JobConfig, ParsePubsubFn, build_parser, dead_letter_message, features_message, pipeline_options
+from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "local-project"
 PROFILE_ENV = "BENCH_STREAM_PROFILE"
 PULL_SIZE = 100  # streaming.job's --local-pull-size default (Beam 2.77's own reader pulls 10)
 PULL_TIMEOUT = 1.0  # its --local-pull-deadline default (Beam's is 30 s)
-BASE_VARIANTS = ("bare", "features", "fused", "lean")
+BASE_VARIANTS = ("bare", "features", "scoring")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
 _VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned)*)$")
 
@@ -279,168 +273,11 @@ def run_bare(argv: list[str] | None = None) -> int:
     return _run_until_cancelled(pipeline)
 
 
-class ParseKeyedFn(ParsePubsubFn):
-    """ParsePubsubFn + key by customer; dead letters leave already encoded."""
+def run_job(argv: list[str] | None = None) -> int:
+    """The real job (``streaming.job.run``, tuned by its own flags), e.g. under the profiler."""
+    from streaming.job import run
 
-    def process(self, message):
-        for out in super().process(message):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_message(out.value))
-            else:
-                yield out.customer_id, out
-
-
-class CustomerKeyedFn(CustomerStateFn):
-    """CustomerStateFn; dead letters leave already encoded."""
-
-    def process(self, element, state=beam.DoFn.StateParam(CustomerStateFn.STATE)):
-        for out in super().process(element, state):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_message(out.value))
-            else:
-                yield out
-
-
-class TerminalToMessageFn(TerminalStateFn):
-    """TerminalStateFn + features_message; dead letters leave already encoded."""
-
-    def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
-        for out in super().process(element, state):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_message(out.value))
-            else:
-                yield features_message(out, self.spec)
-
-
-def build_prototype(pipeline, config: JobConfig, spec: FeatureSpec = DEFAULT_SPEC) -> None:
-    """The job's DoFns composed into fewer stages (a prototype; same state, outputs and dead letters).
-
-    ``Read → ParseKeyed (parse + key by customer) → Customer → TerminalToMessage (terminal
-    state + features message) → WriteToPubSub``; every dead-letter output is encoded where it
-    arises and all go through one Flatten to one WriteToPubSub. Labels (if subscribed) get
-    their own Read and ParseKeyed, flattened in before the customer stage.
-    """
-    sources = [("Transactions", config.transactions_subscription, SCHEMA_TRANSACTION)]
-    if config.labels_subscription:
-        sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL))
-    keyed, dead = [], []
-    for name, sub, schema in sources:
-        parsed = (pipeline
-                  | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(sub), with_attributes=True)
-                  | f"ParseKeyed{name}" >> beam.ParDo(ParseKeyedFn(schema, config.max_message_bytes))
-                  .with_output_types(KV[str, Any]).with_outputs(DEAD_LETTER, main="events"))
-        keyed.append(parsed.events)
-        dead.append(parsed[DEAD_LETTER])
-    events = keyed[0] if len(keyed) == 1 else keyed | "MergeEvents" >> beam.Flatten()
-    customer = events | "Customer" >> beam.ParDo(
-        CustomerKeyedFn(spec, config.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
-    terminal = customer.main | "TerminalToMessage" >> beam.ParDo(
-        TerminalToMessageFn(spec, config.allowed_lateness_days)).with_output_types(PubsubMessage).with_outputs(
-        DEAD_LETTER, main="main")
-    _ = terminal.main | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
-    _ = ((*dead, customer[DEAD_LETTER], terminal[DEAD_LETTER])
-         | "MergeDeadLetters" >> beam.Flatten().with_output_types(PubsubMessage)
-         | "WriteDeadLetters" >> WriteToPubSub(config.topic(config.dead_letter_topic), with_attributes=True))
-
-
-class _Dead(NamedTuple):
-    """An encoded dead letter riding the main path (lean prototype) under the key ``""``."""
-
-    message: PubsubMessage
-
-
-DEAD_KEY = ""  # no customer or terminal id is empty (the parser rejects it)
-
-
-class LeanParseFn(ParsePubsubFn):
-    """ParsePubsubFn + key by customer; a dead letter becomes ``("", _Dead(message))`` on the main output."""
-
-    def process(self, message):
-        for out in super().process(message):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield DEAD_KEY, _Dead(dead_letter_message(out.value))
-            else:
-                yield out.customer_id, out
-
-
-class LeanCustomerFn(CustomerStateFn):
-    """CustomerStateFn with one output: dead letters (its own and upstream ones) pass on under key ``""``."""
-
-    def process(self, element, state=beam.DoFn.StateParam(CustomerStateFn.STATE)):
-        if isinstance(element[1], _Dead):
-            yield element
-            return
-        for out in super().process(element, state):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield DEAD_KEY, _Dead(dead_letter_message(out.value))
-            else:
-                yield out
-
-
-class LeanTerminalFn(TerminalStateFn):
-    """TerminalStateFn + features_message; every dead letter leaves on the ``dead_letter`` output."""
-
-    def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
-        if isinstance(element[1], _Dead):
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, element[1].message)
-            return
-        for out in super().process(element, state):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_message(out.value))
-            else:
-                yield features_message(out, self.spec)
-
-
-def build_lean(pipeline, config: JobConfig, spec: FeatureSpec = DEFAULT_SPEC) -> None:
-    """Fewest stages: ``Read → LeanParse → LeanCustomer → LeanTerminal → WriteToPubSub`` ×2 (features, dead letters).
-
-    Dead letters ride the main path under the key ``""`` (as labels already ride it) and leave
-    at the terminal stage, so there is no dead-letter Flatten and no per-stage dead-letter
-    bundles: 8 transform evaluations per pulled bundle instead of the job's ~24.
-    """
-    sources = [("Transactions", config.transactions_subscription, SCHEMA_TRANSACTION)]
-    if config.labels_subscription:
-        sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL))
-    keyed = [pipeline
-             | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(sub), with_attributes=True)
-             | f"LeanParse{name}" >> beam.ParDo(LeanParseFn(schema, config.max_message_bytes)).with_output_types(KV[str, Any])
-             for name, sub, schema in sources]
-    events = keyed[0] if len(keyed) == 1 else keyed | "MergeEvents" >> beam.Flatten()
-    customer = events | "Customer" >> beam.ParDo(LeanCustomerFn(spec, config.allowed_lateness_days))
-    terminal = customer | "TerminalToMessage" >> beam.ParDo(
-        LeanTerminalFn(spec, config.allowed_lateness_days)).with_output_types(PubsubMessage).with_outputs(
-        DEAD_LETTER, main="main")
-    _ = terminal.main | "WriteFeatures" >> WriteToPubSub(config.topic(config.features_topic), with_attributes=True)
-    _ = terminal[DEAD_LETTER] | "WriteDeadLetters" >> WriteToPubSub(config.topic(config.dead_letter_topic),
-                                                                    with_attributes=True)
-
-
-PROTOTYPES = {"fused": build_prototype, "lean": build_lean}
-
-
-def run_job(argv: list[str] | None = None, *, prototype: str | None = None) -> int:
-    """The real job (``streaming.job.run``, tuned by its own flags) or a prototype (:data:`PROTOTYPES`)."""
-    import logging
-
-    if not prototype:
-        from streaming.job import run
-
-        return run(argv)
-    parser = argparse.ArgumentParser(add_help=False)
-    _tuning_flags(parser)
-    args, job_argv = parser.parse_known_args(argv)
-    _tune(args)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    ns, beam_args = build_parser().parse_known_args(job_argv)
-    if ns.emulator_host:
-        os.environ["PUBSUB_EMULATOR_HOST"] = ns.emulator_host
-    config = JobConfig(project=ns.project, transactions_subscription=ns.transactions_subscription,
-                       labels_subscription=ns.labels_subscription or None, features_topic=ns.features_topic,
-                       dead_letter_topic=ns.dead_letter_topic, max_message_bytes=ns.max_message_bytes,
-                       allowed_lateness_days=ns.allowed_lateness_days)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args, config))
-    PROTOTYPES[prototype](pipeline, config)
-    return _run_until_cancelled(pipeline)
+    return run(argv)
 
 
 def install_profiler(out: str) -> None:
@@ -495,14 +332,14 @@ def install_profiler(out: str) -> None:
 
 
 def _job_main(argv: list[str]) -> int:
-    """``python -m loadtest.bench_stream {bare-job|features-job|fused-job|lean-job} [--profile OUT] ARGS...``."""
+    """``python -m loadtest.bench_stream {bare-job|features-job|scoring-job} [--profile OUT] ARGS...``."""
     kind, rest = argv[0], argv[1:]
     if rest[:1] == ["--profile"]:
         install_profiler(rest[1])
         rest = rest[2:]
     if kind == "bare-job":
         return run_bare(rest)
-    return run_job(rest, prototype=None if kind == "features-job" else kind.removesuffix("-job"))
+    return run_job(rest)
 
 
 # --------------------------------------------------------------------------- the bench (driver side)
@@ -573,6 +410,27 @@ class Job:
             return "(no log)"
 
 
+@contextlib.contextmanager
+def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int):
+    """``streamscore serve`` for the scoring variant, on a real fraud model (so alerts are as rare as frauds).
+
+    The model is trained as ``streamscore up`` trains one: XGBoost (100 trees of depth 6) on the
+    batch features of a 30-day simulated history of the same population, another seed.
+    """
+    from loadtest.bench_predictor import our_server
+    from models.training import fit
+    from streaming.features.batch import featurize_frame
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.simulator import simulate
+
+    table = featurize_frame(simulate(customers=customers, terminals=terminals, days=30, seed=seed + 1))
+    booster = fit(table, DEFAULT_SPEC.names, {"max_depth": 6, "learning_rate": 0.1, "n_estimators": 100}, seed=seed)
+    model = workdir / "model.json"
+    booster.save_model(str(model))
+    with our_server(model, workdir, name="predictor") as target:
+        yield str(target)
+
+
 def make_transactions(n: int, customers: int, terminals: int, seed: int):
     """The first ``n`` transactions of ``simulate(customers, terminals, days)`` (enough days)."""
     from streaming.simulator import simulate
@@ -586,7 +444,8 @@ def make_transactions(n: int, customers: int, terminals: int, seed: int):
         days *= 2
 
 
-def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str, profile: str | None) -> list[str]:
+def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str, profile: str | None,
+                 predictor: str | None = None) -> list[str]:
     wrapper = ["--profile", profile] if profile else []
     if variant.base == "bare":
         return [sys.executable, "-m", "loadtest.bench_stream", "bare-job", *wrapper, *variant.job_flags(),
@@ -596,12 +455,16 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
                 "--transactions-subscription", names["in_sub"],
                 "--labels-subscription", names["labels_sub"] if labels != "off" else "",
                 "--features-topic", names["out"], "--dead-letter-topic", names["dead"]]
-    if variant.base == "features":
+    if variant.base == "scoring":  # the real job scoring over gRPC: its scores topic is the output
+        if predictor is None:
+            raise ValueError("the scoring variant needs a predictor")
+        job_args += ["--predictor", predictor, "--scores-topic", names["out"], "--alerts-topic", names["alerts"]]
+    if variant.base in ("features", "scoring"):
         tuning = (["--local-pull-size", str(variant.pull_size), "--local-pull-deadline", str(variant.pull_timeout)]
                   if variant.tuned else ["--no-local-tuning"])
         if not profile:
             return [sys.executable, "-m", "streaming.job", *job_args, *tuning]  # exactly the real job
-        return [sys.executable, "-m", "loadtest.bench_stream", "features-job", *wrapper, *job_args, *tuning]
+        return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *job_args, *tuning]
     return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *variant.job_flags(),
             *job_args]
 
@@ -639,7 +502,7 @@ def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, ke
 
 
 def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, timeout: float, workdir: Path,
-                  profile_dir: str | None) -> Outcome:
+                  profile_dir: str | None, predictor: str | None = None) -> Outcome:
     import orjson
 
     from streaming.publish import TopicPaths, make_publisher, publish_dataset
@@ -648,8 +511,8 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
     tag = f"{variant.name}-{repeat}-{uuid.uuid4().hex[:6]}"
     names = {"in": f"bench-in-{tag}", "out": f"bench-out-{tag}", "dead": f"bench-dead-{tag}",
              "labels": f"bench-labels-{tag}", "in_sub": f"bench-in-sub-{tag}", "out_sub": f"bench-out-check-{tag}",
-             "dead_sub": f"bench-dead-check-{tag}", "labels_sub": f"bench-labels-sub-{tag}"}
-    emulator.ensure([names["in"], names["out"], names["dead"], names["labels"]], {
+             "dead_sub": f"bench-dead-check-{tag}", "labels_sub": f"bench-labels-sub-{tag}", "alerts": f"bench-alerts-{tag}"}
+    emulator.ensure([names["in"], names["out"], names["dead"], names["labels"], names["alerts"]], {
         names["in_sub"]: names["in"], names["out_sub"]: names["out"], names["dead_sub"]: names["dead"],
         names["labels_sub"]: names["labels"]})
     out = Outcome(variant.name, repeat, n)
@@ -679,7 +542,7 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
     subscriber = emulator.subscriber_client()
     cpu_samples: list[tuple[float, float]] = []
     try:
-        job = Job(_job_command(variant, emulator, names, labels, profile), workdir / f"{tag}.log")
+        job = Job(_job_command(variant, emulator, names, labels, profile, predictor), workdir / f"{tag}.log")
     except BaseException:
         subscriber.close()
         raise
@@ -816,15 +679,20 @@ def run(argv: list[str] | None = None) -> int:
           f"{span:.1f} h of event time; labels={args.labels}; variants {', '.join(names)} x {args.repeat}"
           + (f"; cProfile -> {profile_dir}" if profile_dir else ""))
     outcomes: list[Outcome] = []
-    with tempfile.TemporaryDirectory(prefix="bench-stream-") as workdir, PubSubEmulator() as emulator:
-        print(f"emulator at {emulator.host_port}; job logs in {workdir}")
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-stream-"))
+        emulator = stack.enter_context(PubSubEmulator())
+        predictor = stack.enter_context(scoring_predictor(Path(workdir), args.customers, args.terminals, args.seed)) if any(
+            v.base == "scoring" for v in variants) else None
+        print(f"emulator at {emulator.host_port}; job logs in {workdir}"
+              + (f"; predictor at {predictor} (streamscore serve --model-file)" if predictor else ""))
         print(ROW.format("run", "variant", "out/expected", "pub s", "startup", "drain", "msg/s", "msg/s",
                          "msg/s", "CPU ms", "RSS MiB", "load", "check"))
         print(ROW.format("", "", "", "", "s", "s", "p10-p90", "p10-50 / p50-90", "first-last", "/msg", "peak", "1 min", ""))
         for r in range(1, args.repeat + 1):
             for variant in variant_order(variants, r - 1):
                 outcome = bench_variant(emulator, variant, r, df, args.labels, args.timeout, Path(workdir),
-                                        profile_dir)
+                                        profile_dir, predictor)
                 outcomes.append(outcome)
                 print_row(outcome)
     summarize(outcomes, variants)

@@ -53,8 +53,8 @@ def test_own_process_is_readable():
 
 def test_variants_parse_and_alternate():
     assert bs.parse_variant("features") == bs.Variant("features", "features", 100, 1.0, True)
-    v = bs.parse_variant("lean-pull10-wait30")
-    assert (v.base, v.pull_size, v.pull_timeout, v.tuned) == ("lean", 10, 30.0, True)
+    v = bs.parse_variant("scoring-pull10-wait30")
+    assert (v.base, v.pull_size, v.pull_timeout, v.tuned) == ("scoring", 10, 30.0, True)
     assert v.job_flags() == ["--pull-size", "10", "--pull-timeout", "30.0"]
     untuned = bs.parse_variant("bare-untuned")
     assert not untuned.tuned and untuned.tuning == () and untuned.job_flags()[-1] == "--untuned"
@@ -66,12 +66,12 @@ def test_variants_parse_and_alternate():
 
 
 def test_baseline_is_the_bare_run_with_the_same_tuning():
-    names = ("bare", "features", "bare-untuned", "features-untuned", "lean-wait2")
+    names = ("bare", "features", "bare-untuned", "features-untuned", "scoring-wait2")
     variants = [bs.parse_variant(n) for n in names]
     by = {v.name: v for v in variants}
     assert bs.baseline_of(by["features"], variants).name == "bare"
     assert bs.baseline_of(by["features-untuned"], variants).name == "bare-untuned"
-    assert bs.baseline_of(by["lean-wait2"], variants).name == "bare"  # no bare-wait2: plain bare
+    assert bs.baseline_of(by["scoring-wait2"], variants).name == "bare"  # no bare-wait2: plain bare
     assert bs.baseline_of(by["bare-untuned"], variants) is None
 
 
@@ -85,6 +85,12 @@ def test_job_commands_pass_the_tuning_to_every_kind():
     assert bs._job_command(bs.parse_variant("features-untuned"), Emulator, names, "off", None)[-1] == "--no-local-tuning"
     bare = bs._job_command(bs.parse_variant("bare-untuned"), Emulator, names, "off", None)
     assert "bare-job" in bare and "--untuned" in bare
+    names["alerts"] = "alerts"
+    scoring = bs._job_command(bs.parse_variant("scoring"), Emulator, names, "off", None, predictor="h:1")
+    assert scoring[1:3] == ["-m", "streaming.job"] and scoring[scoring.index("--predictor") + 1] == "h:1"
+    assert scoring[scoring.index("--scores-topic") + 1] == "out"
+    with pytest.raises(ValueError, match="needs a predictor"):
+        bs._job_command(bs.parse_variant("scoring"), Emulator, names, "off", None)
 
 
 def test_median_ignores_missing_values():
