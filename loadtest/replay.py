@@ -23,10 +23,10 @@ event was scored, dead-lettered, lost (not scored within ``--timeout``) or score
   ``--speedup X`` keeps the recorded spacing divided by X. ``--step`` raises the rate in stages
   until p99 exceeds ``--slo-ms`` or the backlog keeps growing, and reports the highest
   sustainable rate.
-* **Labels** are opt-in: on the local runner a streaming read that receives nothing blocks the
-  pipeline ~29 s per pull, and a replay shorter than the label delay (1-7 days of recorded
-  time) has no labels to send, so ``--local-stack`` runs the job without its labels input
-  unless ``--labels`` is given (``--label-delay-days`` makes labels flow in short replays).
+* **Labels** are opt-in (``--labels``; ``--label-delay-days`` makes them flow in replays shorter
+  than the 1-7 recorded days of label delay, which otherwise have none to send). Without them
+  ``--local-stack`` runs the job without its labels input: on Beam's untuned local runner
+  (``stream --no-local-tuning``) a read that receives nothing stalls the pipeline ~29 s per pull.
 * **Bounds**: publishing stops after ``--limit`` transactions or ``--duration`` seconds; the run
   waits at most ``--timeout`` seconds per event, and ``--max-seconds`` caps everything.
 """
@@ -589,8 +589,8 @@ def run(argv: list[str] | None = None) -> int:
     df = namespaced(raw, prefix)
     warm = namespaced(raw.iloc[: args.warmup], f"warmup-{prefix or 'x-'}") if args.warmup else None
     labels = args.labels and "TX_FRAUD" in df.columns
-    # On the local runner a streaming read that gets no messages blocks the pipeline for ~29 s
-    # per pull, so the job only reads labels when this run sends some.
+    # The job reads labels only when this run sends some (an idle read costs a pull per second
+    # on the tuned local runner, and stalls the untuned one ~29 s per pull).
     job_args = () if labels else ("--labels-subscription", "")
     stack = (LocalStack(args.registry, args.workdir, shadow_model_file=args.shadow_model_file, job_args=job_args)
              if args.local_stack else None)
