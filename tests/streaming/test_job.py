@@ -49,6 +49,25 @@ def test_builds_for_dataflow_offline_with_pubsub_read_and_write():
 def test_bad_flags_are_rejected():
     with pytest.raises(ValueError, match="--max-message-bytes must be > 0, got 0"):
         build(["--max-message-bytes=0"])
+    with pytest.raises(ValueError, match="--local-pull-size must be >= 1 and --local-pull-deadline > 0, got 0 and 1.0"):
+        build(["--local-pull-size=0"])
+    with pytest.raises(ValueError, match="got 100 and 0.0"):
+        build(["--local-pull-deadline=0"])
+
+
+def test_only_the_local_runner_is_tuned(monkeypatch):
+    from streaming import local_runner
+    from streaming.job import is_local, pipeline_options
+
+    calls = []
+    monkeypatch.setattr(local_runner, "install", lambda *args: calls.append(args))
+    build(["--local-pull-size=20", "--local-pull-deadline=0.5"])
+    build(["--no-local-tuning"])
+    build(["--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
+           "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth"])
+    assert calls == [(20, 0.5)]
+    config = build([])[1]
+    assert is_local(pipeline_options([], config)) and not is_local(pipeline_options(["--runner=DataflowRunner"], config))
 
 
 # --------------------------------------------------------------------------- against the emulator
