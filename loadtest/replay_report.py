@@ -45,6 +45,16 @@ def _quality(scores: dict, truth: dict, threshold: float = 0.5) -> dict:
             "alerts": int(np.sum(p >= threshold)), "model_versions": sorted({s[1] for s in scores.values() if s[1]})}
 
 
+def examples(o, n: int = 20) -> dict:
+    """Up to ``n`` events of each bad kind (id and intended send offset), to look them up in the system's logs."""
+    out = {}
+    for kind, sel in (("lost", o.is_lost & np.isnan(o.arrival)), ("late", o.is_late), ("dead_lettered", o.is_dead),
+                      ("duplicated", o.score_count > 1)):
+        idx = np.flatnonzero(sel)[:n]
+        out[kind] = [{"transaction_id": o.ids[i], "intended_s": round(float(o.intended[i]), 3)} for i in idx]
+    return out
+
+
 def build_report(result, *, truth: dict | None = None, shadow: dict | None = None, bucket: float | None = None,
                  run: dict | None = None) -> dict:
     """Everything a replay measured, as plain JSON-able data (``None`` = not measured / beyond the timeout)."""
@@ -64,6 +74,7 @@ def build_report(result, *, truth: dict | None = None, shadow: dict | None = Non
         "run": {**(run or {}), "elapsed_s": round(result.elapsed_s, 3), "stop_reason": result.stop_reason,
                 "error": result.error, "warmup": result.warmup},
         "accounting": acc,
+        "examples": examples(o),
         "latency_ms": latency_figures(o),
         "throughput_tps": {"offered": _rate(acc["sent"] - 1, last_intended),  # n events span n - 1 intervals
                            "in": _rate(acc["published"], last_ack), "out": _rate(acc["scored"], last_score)},

@@ -47,6 +47,8 @@ def test_report_has_every_figure_and_is_strict_json():
     back = json.loads(text)
     acc = back["accounting"]
     assert acc["sent"] == 100 + 200 + 400 + 1 and acc["scored"] == 700 and acc["lost"] == 1
+    assert back["examples"]["lost"] == [{"transaction_id": "lost-1", "intended_s": 1.0}]
+    assert back["examples"]["duplicated"] == back["examples"]["late"] == []
     step = back["step"]
     assert step["highest_sustainable_tps"] == 20.0 and step["first_unsustainable"]["rate_tps"] == 40.0
     assert step["p99_ms"] == pytest.approx(back["stages"][1]["latency_ms"]["p99"])
