@@ -312,7 +312,7 @@ def series(o: Outcome, bucket: float, end: float | None = None) -> dict:
     ``sent_tps``: intended sends; ``published_tps``: publish acks; ``scored_tps``: first score
     arrivals. ``p50_ms``...: latency of the events *intended* in the bucket (lost = infinitely
     late). ``backlog``: at the bucket's end, events acknowledged by Pub/Sub but neither scored
-    nor dead-lettered; ``publisher_lag``: events due by then but not yet acknowledged.
+    (late scores included) nor dead-lettered; ``publisher_lag``: events due by then but not yet acknowledged.
     """
     if not bucket > 0:
         raise ValueError(f"bucket must be > 0 seconds, got {bucket}")
@@ -325,7 +325,7 @@ def series(o: Outcome, bucket: float, end: float | None = None) -> dict:
     count_edges = edges.copy()
     count_edges[-1] += 1e-9  # an event at exactly ``end`` is in the last bucket
     scored = o.is_scored
-    out_time = np.where(scored, o.arrival, np.where(o.is_dead, o.dead, np.nan))
+    out_time = _left_at(o)
     srt = lambda a: np.sort(a[np.isfinite(a)])  # noqa: E731
     intended, acked, arrived, done = srt(o.intended), srt(o.acked), srt(np.where(scored, o.arrival, np.nan)), srt(out_time)
     rate = lambda s: (np.diff(_count_lt(s, count_edges)) / bucket).tolist()  # noqa: E731
@@ -359,9 +359,14 @@ def histogram(o: Outcome, bins: int = 40) -> dict:
     return {"edges_ms": edges.tolist(), "counts": counts.tolist()}
 
 
+def _left_at(o: Outcome) -> np.ndarray:
+    """When each event left the system: its first score (even a late one), else its dead letter, else ``nan``."""
+    return np.where(~np.isnan(o.arrival), o.arrival, o.dead)
+
+
 def pending_at(o: Outcome, times: np.ndarray) -> np.ndarray:
     """Events due to be sent by each time but neither scored nor dead-lettered by then (open loop)."""
-    out_time = np.where(o.is_scored, o.arrival, np.where(o.is_dead, o.dead, np.nan))
+    out_time = _left_at(o)
     due, done = np.sort(o.intended), np.sort(out_time[np.isfinite(out_time)])
     return _count_le(due, times) - _count_le(done, times)
 
