@@ -233,7 +233,7 @@ def test_series_rates_latency_by_send_time_and_backlog():
 
 
 def test_a_late_score_still_empties_the_backlog_but_counts_as_lost():
-    o = _outcome([0.0], [0.1], [20.0], timeout=5.0)
+    o = _outcome([0.0], [0.1], [15.0], timeout=5.0)
     assert o.accounting()["lost"] == 1 and o.accounting()["late"] == 1
     s = rl.series(o, bucket=10.0, end=30.0)
     assert s["backlog"] == [1, 0, 0] and s["p50_ms"] == [None, None, None]
