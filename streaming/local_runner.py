@@ -25,6 +25,13 @@ runner):
 4. **Publisher clients.** ``WriteToPubSub`` creates a new ``PublisherClient`` (a gRPC channel)
    in ``setup()``, which the local runner calls for every bundle, and never closes it. Here
    one client per process and ordering mode is created and reused.
+5. **Per-bundle DoFn set-up.** Every ParDo bundle starts with a pickle round trip of the DoFn
+   (a fresh copy) and a DoFnRunner that inspects the signature of each DoFn method again. Here
+   the DoFn is pickled once per transform and each bundle unpickles its own fresh copy, and a
+   function's argument names and defaults are memoised per function object.
+6. **Per-element state copies.** Each key's state is copied on first access in a bundle, with
+   ``copy.deepcopy`` of its (for a DoFn without timers: empty) timer and global-state dicts.
+   Empty ones are now created empty instead of deep-copied; anything else is copied as before.
 
 :func:`install` is idempotent and checks that each patched Beam internal still has the shape
 it was written for; when one does not (another Beam version), that patch is skipped with a
@@ -33,6 +40,7 @@ warning and the runner behaves as Beam ships it.
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
 import threading
 import time
@@ -55,6 +63,8 @@ class LocalRunnerTuning:
     pull_size: int | None
     pull_deadline: float | None
     publisher_cache: bool
+    bundle_setup: bool = False
+    state_copy: bool = False
 
 
 _LOCK = threading.Lock()
@@ -76,7 +86,8 @@ def install(pull_size: int = 100, pull_deadline: float = 1.0, *, idle_sleep: flo
     with _LOCK:
         _PULL.update(size=pull_size, deadline=pull_deadline, idle_sleep=idle_sleep, idle_after=idle_after)
         for name, patch in (("dofn_specs", _memoise_dofn_specs), ("timer_scan", _skip_timerless_scans),
-                            ("pull", _patch_pull), ("publisher_cache", _cache_publishers)):
+                            ("pull", _patch_pull), ("publisher_cache", _cache_publishers),
+                            ("bundle_setup", _cheap_bundle_setup), ("state_copy", _fast_state_copy)):
             if name not in _INSTALLED:
                 try:
                     _INSTALLED[name] = patch()
@@ -86,7 +97,8 @@ def install(pull_size: int = 100, pull_deadline: float = 1.0, *, idle_sleep: flo
         pulled = bool(_INSTALLED["pull"])
         return LocalRunnerTuning(bool(_INSTALLED["dofn_specs"]), bool(_INSTALLED["timer_scan"]),
                                  pull_size if pulled else None, pull_deadline if pulled else None,
-                                 bool(_INSTALLED["publisher_cache"]))
+                                 bool(_INSTALLED["publisher_cache"]), bool(_INSTALLED["bundle_setup"]),
+                                 bool(_INSTALLED["state_copy"]))
 
 
 # --------------------------------------------------------------------------- 1. DoFn specs
@@ -251,4 +263,94 @@ def _cache_publishers():
 
     fn.setup = setup
     fn._streamscore_patched = True
+    return True
+
+
+# --------------------------------------------------------------------------- 5. bundle set-up
+
+
+class _PicklerOncePerDoFn:
+    """Stands in for ``pickler`` in the ParDo evaluator: ``roundtrip`` pickles each DoFn once."""
+
+    def __init__(self, pickler):
+        self._pickler = pickler
+        self._pickled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def roundtrip(self, obj):
+        try:
+            data = self._pickled.get(obj)
+        except TypeError:  # not weak-referenceable: as Beam does it
+            return self._pickler.roundtrip(obj)
+        if data is None:
+            data = self._pickled[obj] = self._pickler.dumps(obj)
+        return self._pickler.loads(data)  # a fresh copy for every bundle, as before
+
+    def __getattr__(self, name):
+        return getattr(self._pickler, name)
+
+
+def function_args_key(f):
+    """The function whose signature ``get_function_args_defaults(f)`` reads, or None (no memo).
+
+    A plain Python function is its own key; a bound method's answer (its ``self`` left out)
+    depends only on its function. Anything else (partials, builtins, callables) is not memoised.
+    """
+    if isinstance(f, types.MethodType) and isinstance(f.__func__, types.FunctionType):
+        return ("method", f.__func__)
+    if isinstance(f, types.FunctionType):
+        return ("function", f)
+    return None
+
+
+def _cheap_bundle_setup():
+    from apache_beam.runners.direct import transform_evaluator
+    from apache_beam.transforms import core
+
+    if not isinstance(transform_evaluator.pickler, _PicklerOncePerDoFn):
+        transform_evaluator.pickler.roundtrip  # noqa: B018 - raises AttributeError if Beam changed
+        transform_evaluator.pickler = _PicklerOncePerDoFn(transform_evaluator.pickler)
+    original = core.get_function_args_defaults
+    if getattr(original, "_streamscore_memo", False):
+        return True
+    memo = {"method": weakref.WeakKeyDictionary(), "function": weakref.WeakKeyDictionary()}
+
+    def get_function_args_defaults(f):
+        key = function_args_key(f)
+        if key is None:
+            return original(f)
+        kind, fn = key
+        cached = memo[kind].get(fn)
+        if cached is None:
+            args, defaults = original(f)
+            cached = memo[kind][fn] = (tuple(args), tuple(defaults))
+        return list(cached[0]), list(cached[1])  # callers get their own lists, as from the original
+
+    get_function_args_defaults._streamscore_memo = True
+    get_function_args_defaults.__wrapped__ = original
+    core.get_function_args_defaults = get_function_args_defaults  # get_function_arguments calls it
+    return True
+
+
+# --------------------------------------------------------------------------- 6. state copies
+
+
+def _fast_state_copy():
+    from apache_beam.transforms import trigger
+
+    cls = trigger.InMemoryUnmergedState
+    if getattr(cls, "_streamscore_patched", False):
+        return True
+    original = cls.copy
+
+    def copy(self):
+        if self.timers or self.global_state:
+            return original(self)
+        cloned = cls(defensive_copy=self.defensive_copy)  # what the original builds, timers and globals empty
+        for window, tags in self.state.items():
+            for tag, values in tags.items():
+                cloned.state[window][tag] = copy_module.copy(values)  # as the original
+        return cloned
+
+    cls.copy = copy
+    cls._streamscore_patched = True
     return True

@@ -57,7 +57,7 @@ def _original_specs(dofn):
 
 
 def test_install_reports_every_patch(tuned):
-    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 1.0, True)
+    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 1.0, True, True, True)
     assert local_runner.install(50, 0.5).pull_size == 50  # idempotent; pull settings may change
     local_runner.install()
     with pytest.raises(ValueError, match="pull_size must be >= 1"):
@@ -185,3 +185,48 @@ def test_writers_share_one_publisher_client_per_ordering_mode(monkeypatch):
     assert fns[0]._pub_client is fns[1]._pub_client is local_runner.publisher_client(False)
     assert fns[0]._topic == "projects/local-project/topics/t"
     assert local_runner.publisher_client(True) is not local_runner.publisher_client(False)
+
+
+def test_each_bundle_gets_a_fresh_copy_of_the_dofn_pickled_once():
+    from apache_beam.runners.direct import transform_evaluator
+
+    fn = CustomerStateFn(DEFAULT_SPEC)
+    first, second = (transform_evaluator.pickler.roundtrip(fn) for _ in range(2))
+    assert first is not second and first is not fn and type(first) is CustomerStateFn
+    assert vars(first).keys() == vars(fn).keys() and first.spec == fn.spec
+    first.spec = None  # a bundle's copy is its own: the next bundle's is untouched
+    assert transform_evaluator.pickler.roundtrip(fn).spec == DEFAULT_SPEC
+
+
+def test_memoised_function_arguments_equal_inspects_answer():
+    from apache_beam.transforms import core
+
+    def plain(a, b=2, *, c=3):
+        return a
+
+    original = core.get_function_args_defaults.__wrapped__
+    fn = TimerFn()
+    for f in (fn.process, fn.on_flush, plain, TimerFn().process, len, beam.Map(len).dofn.process):
+        assert core.get_function_args_defaults(f) == original(f)
+        assert core.get_function_args_defaults(f) == original(f)  # the memoised answer
+    args, defaults = core.get_function_args_defaults(fn.process)
+    args.append("mutated")
+    assert core.get_function_args_defaults(fn.process) == original(fn.process)  # callers get their own lists
+    assert local_runner.function_args_key(fn.process) == ("method", TimerFn.process)
+    assert local_runner.function_args_key(len) is None
+
+
+def test_state_copies_are_independent_and_equal_to_beams():
+    from apache_beam.transforms import trigger
+    from apache_beam.transforms.timeutil import TimeDomain as Domain
+
+    state = trigger.InMemoryUnmergedState()
+    tag = trigger._ReadModifyWriteStateTag("s")
+    state.add_state("w", tag, [b"v1"])
+    fast = state.copy()
+    assert fast.state == state.state and fast.timers == {} and fast.global_state == {}
+    fast.add_state("w", tag, [b"v2"])
+    assert state.get_state("w", tag) == [b"v1"]  # the copy is independent
+    state.set_timer("w", "t", Domain.WATERMARK, 5)
+    slow = state.copy()  # with timers: Beam's own copy, deep
+    assert slow.timers == state.timers and slow.timers is not state.timers
