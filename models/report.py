@@ -251,14 +251,14 @@ def _metrics_table(outcomes, reference: dict | None) -> str:
 
 
 def _selection_table(selection, top: int = 10) -> str:
-    metric = selection.select_by
-    ranked = sorted(selection.results, key=lambda r: -r["mean"][metric])[:top]
+    ranked = selection.ranked()[:top]  # best first, as the selection ranked them
+    label = ", ties broken by ".join(_label(m) for m in selection.metrics)
     metrics = list(ranked[0]["mean"])
     head = "".join(f"<th>{_esc(_label(m))}</th>" for m in metrics)
     rows = "".join(
         f"<tr{' class=best' if r['params'] == selection.best else ''}><td><code>{_esc(json.dumps(r['params']))}</code></td>"
         + "".join(f"<td>{r['mean'][m]:.3f} ± {r['std'][m]:.3f}</td>" for m in metrics) + "</tr>" for r in ranked)
-    return (f"<p>Chosen by mean validation {_esc(_label(metric))} over {len(ranked[0]['folds'])} validation folds "
+    return (f"<p>Chosen by mean validation {_esc(label)} over {len(ranked[0]['folds'])} validation folds "
             f"({len(selection.results)} candidates; top {len(ranked)} shown; test data was not used).</p>"
             f"<table><tr><th>parameters</th>{head}</tr>{rows}</table>")
 

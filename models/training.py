@@ -76,7 +76,15 @@ WIDE_GRID: dict[str, list] = {"max_depth": [2, 3, 4], "learning_rate": [0.05, 0.
 
 GRIDS: dict[str, dict[str, list]] = {"default": DEFAULT_GRID, "handbook": HANDBOOK_GRID, "improved": IMPROVED_GRID,
                                      "wide": WIDE_GRID}
-SELECTION_METRICS = ("average_precision", "card_precision@100", "auc_roc")
+#: What ``--select-by`` accepts: one validation metric, or several separated by commas, compared
+#: in that order (a later one only breaks ties of the earlier ones). ``card_precision@100,
+#: average_precision`` chooses on the target metric and breaks its frequent ties by average
+#: precision: card precision@100 counts whole cards (one card on one day is 1/700 of a fold's
+#: value), so candidates often tie on it exactly.
+SELECTION_METRICS = ("average_precision", "card_precision@100", "auc_roc", "card_precision@100,average_precision")
+#: Mean validation scores closer than this count as equal when candidates are ranked (the same
+#: number of cards caught can give means that differ in the last bits of a float).
+TIE_TOLERANCE = 1e-9
 TREE_METHODS = ("hist", "approx", "exact")
 
 
@@ -187,6 +195,15 @@ class Selection:
     def best_scores(self) -> dict[str, float]:
         return next(r["mean"] for r in self.results if r["params"] == self.best)
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The validation metrics that ranked the candidates, in order of precedence."""
+        return tuple(self.select_by.split(","))
+
+    def ranked(self) -> list[dict]:
+        """The candidates' results, best first (the order :func:`select_params` chose by)."""
+        return [self.results[i] for i in rank_candidates([r["mean"] for r in self.results], self.metrics)]
+
     def to_dict(self) -> dict:
         return {"select_by": self.select_by, "best": self.best, "best_validation": self.best_scores,
                 "candidates": self.results}
@@ -200,16 +217,49 @@ def _groups(candidates: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def parse_select_by(select_by: str, top_k: int = TOP_K) -> tuple[str, ...]:
+    """The metrics of a ``select_by`` string, in order of precedence.
+
+    >>> parse_select_by("card_precision@100,average_precision")
+    ('card_precision@100', 'average_precision')
+    """
+    metric_names = ("auc_roc", "average_precision", f"card_precision@{top_k}")
+    metrics = tuple(m.strip() for m in str(select_by).split(","))
+    unknown = [m for m in metrics if m not in metric_names]
+    if unknown or len(set(metrics)) != len(metrics):
+        raise ValueError(f"select_by must be one of {', '.join(metric_names)}, or several of them separated by "
+                         f"commas (each once), got {select_by!r}")
+    return metrics
+
+
+def rank_candidates(means: Sequence[Mapping[str, float]], metrics: Sequence[str],
+                    tolerance: float = TIE_TOLERANCE) -> list[int]:
+    """Indices of ``means`` best first: by the first metric, ties (within ``tolerance``) broken
+    by the next, and so on; candidates tied on all of them keep their order.
+
+    >>> rank_candidates([{"cp": 0.3, "ap": 0.6}, {"cp": 0.3, "ap": 0.7}, {"cp": 0.31, "ap": 0.5}], ["cp", "ap"])
+    [2, 1, 0]
+    """
+    order = list(range(len(means)))
+    # Stable sorts from the last metric to the first give the lexicographic order; each metric is
+    # first snapped to the best value within the tolerance so near-equal means count as tied.
+    for metric in reversed(list(metrics)):
+        values = [float(m[metric]) for m in means]
+        snapped = [max(v for v in values if abs(v - x) <= tolerance) for x in values]
+        order.sort(key=lambda i: -snapped[i])
+    return order
+
+
 def select_params(folds: Sequence[Fold], grid: Mapping[str, Sequence], feature_names: Sequence[str], *,
                   select_by: str = "average_precision", seed: int = 0, nthread: int = 2,
                   top_k: int = TOP_K) -> Selection:
-    """Score every candidate of ``grid`` on each validation fold and pick the best mean ``select_by``.
+    """Score every candidate of ``grid`` on each validation fold and pick the best mean ``select_by``
+    (one metric, or several separated by commas: see :func:`rank_candidates`).
 
     ``folds`` must hold only validation data; ties go to the earlier candidate in grid order.
     """
     metric_names = ("auc_roc", "average_precision", f"card_precision@{top_k}")
-    if select_by not in metric_names:
-        raise ValueError(f"select_by must be one of {', '.join(metric_names)}, got {select_by!r}")
+    selection_metrics = parse_select_by(select_by, top_k)
     if not folds:
         raise ValueError("model selection needs at least one validation fold")
     candidates = expand_grid(grid)
@@ -228,8 +278,8 @@ def select_params(folds: Sequence[Fold], grid: Mapping[str, Sequence], feature_n
         results.append({"params": cand, "mean": {m: float(per_fold[m].mean()) for m in metric_names},
                         "std": {m: float(per_fold[m].std(ddof=0)) for m in metric_names},
                         "folds": per_fold.to_dict("records")})
-    best = int(np.argmax([r["mean"][select_by] for r in results]))
-    return Selection(best=candidates[best], select_by=select_by, results=results)
+    best = rank_candidates([r["mean"] for r in results], selection_metrics)[0]
+    return Selection(best=candidates[best], select_by=",".join(selection_metrics), results=results)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -372,7 +422,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, grid: str | None = "imp
                         help="parameter grid searched on the validation folds (default "
                              + (grid or "the protocol's own: default for handbook-ch3, handbook for handbook-ch5") + ")")
     parser.add_argument("--select-by", choices=SELECTION_METRICS, default="average_precision",
-                        help="validation metric that picks the parameters (default average_precision)")
+                        help="validation metric that picks the parameters; 'card_precision@100,average_precision' "
+                             "ranks by card precision@100 and breaks its ties by average precision "
+                             "(default average_precision)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--nthread", type=int, default=2, help="XGBoost threads (default 2)")
     parser.add_argument("--tree-method", choices=TREE_METHODS, default="hist",

@@ -201,3 +201,60 @@ def test_protocol_refuses_a_feature_table_that_ends_before_its_test_periods(tabl
     assert result.test is None and result.metadata()["test_metrics"] is None
     with pytest.raises(ValueError, match=r"no transactions in the training period \['2018-05-01', '2018-05-07'\]"):
         training.train_model(table, NAMES, "2018-05-01", valid_folds=0, grid=SMALL)
+
+
+def test_rank_candidates_orders_by_the_first_metric_and_breaks_ties_with_the_next():
+    cp, ap = "card_precision@100", "average_precision"
+    means = [{cp: 0.29, ap: 0.75}, {cp: 0.30, ap: 0.60}, {cp: 0.30, ap: 0.70}, {cp: 0.28, ap: 0.80}]
+    assert training.rank_candidates(means, [cp, ap]) == [2, 1, 0, 3]
+    assert training.rank_candidates(means, [ap, cp]) == [3, 0, 2, 1]
+    # a single metric: ties keep the grid order (the earlier candidate wins)
+    assert training.rank_candidates(means, [cp]) == [1, 2, 0, 3]
+    # the same cards caught can give means that differ in the last bits: that is a tie
+    noisy = [{cp: (0.1 + 0.2) / 3, ap: 0.5}, {cp: 0.1, ap: 0.6}]
+    assert noisy[0][cp] != noisy[1][cp]
+    assert training.rank_candidates(noisy, [cp, ap]) == [1, 0]
+    # ... but a real difference (one card-day in 700 is 0.0014) is not
+    assert training.rank_candidates([{cp: 0.1, ap: 0.5}, {cp: 0.1 - 1 / 700, ap: 0.9}], [cp, ap]) == [0, 1]
+    tied = [{cp: 0.3, ap: 0.7}] * 3
+    assert training.rank_candidates(tied, [cp, ap]) == [0, 1, 2]
+
+
+def test_select_by_is_one_metric_or_several_each_once():
+    assert training.parse_select_by("average_precision") == ("average_precision",)
+    assert training.parse_select_by("card_precision@100, average_precision") == ("card_precision@100",
+                                                                                  "average_precision")
+    assert training.parse_select_by("card_precision@5", top_k=5) == ("card_precision@5",)
+    for bad in ("accuracy", "card_precision@100,card_precision@100", "card_precision@100,", "card_precision@50"):
+        with pytest.raises(ValueError, match="select_by must be one of"):
+            training.parse_select_by(bad)
+    assert "card_precision@100,average_precision" in training.SELECTION_METRICS
+
+
+def test_selection_by_card_precision_breaks_its_ties_by_average_precision(table):
+    protocol = Protocol("tiny", test_starts=(dt.date(2018, 7, 27),),
+                        valid_starts=(dt.date(2018, 6, 22), dt.date(2018, 6, 29), dt.date(2018, 7, 6)),
+                        train_days=5, delay_days=3, test_days=4, top_k=5)
+    grid = {"max_depth": [1, 2, 3], "learning_rate": [0.3], "n_estimators": [2, 5, 10]}
+    cp, ap = "card_precision@5", "average_precision"
+    result = training.run_protocol(table, protocol, NAMES, grid=grid, select_by=f"{cp},{ap}", seed=0, nthread=1)
+    selection = result.selection
+    assert selection.select_by == f"{cp},{ap}" and selection.metrics == (cp, ap)
+    means = [r["mean"] for r in selection.results]
+    top_cp = max(m[cp] for m in means)
+    contenders = [r for r in selection.results if abs(r["mean"][cp] - top_cp) <= training.TIE_TOLERANCE]
+    assert len(contenders) > 1  # the case this rule is for: whole cards make ties on card precision common
+    best = max(contenders, key=lambda r: r["mean"][ap])  # AP has no exact ties among these
+    assert result.params == best["params"] and selection.ranked()[0]["params"] == best["params"]
+    assert result.to_dict()["select_by"] == f"{cp},{ap}"
+    plain = training.run_protocol(table, protocol, NAMES, grid=grid, select_by=cp, seed=0, nthread=1)
+    assert plain.params != result.params  # card precision alone leaves the tie to grid order
+    assert plain.selection.best_scores[cp] == pytest.approx(top_cp, abs=training.TIE_TOLERANCE)
+    ranked = selection.ranked()
+    assert [r["mean"][cp] for r in ranked] == sorted((r["mean"][cp] for r in ranked), reverse=True)
+    # the report ranks the candidates the same way and says how they were chosen
+    text = render_report(result.folds, title="t", params=result.params, selection=selection, top_k=5)
+    assert "Chosen by mean validation Card precision@5, ties broken by" in text
+    listing = text[text.index("Chosen by"):]
+    first_row = listing.index("<td><code>")
+    assert listing[:first_row].endswith("<tr class=best>")  # the chosen candidate is listed first
