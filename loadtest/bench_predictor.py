@@ -20,6 +20,12 @@
    at the end of each run. Numbers only: no pass/fail (the targets are printed alongside).
 
 ``--profile-server FILE`` runs our server under cProfile (to find hot spots; it slows the server).
+
+gRPC core's I/O (``GRPC_EXPERIMENTS``, see ``loadtest.grpc_loadgen.select_grpc_io``) is chosen per
+process: ``--client-grpc-io`` for this client (default iomgr, the load generator's default),
+``--server-grpc-io`` for our server (default iomgr, ``streamscore serve``'s default) and
+``--peer-grpc-io`` for MLServer (default event-engine: gRPC's own default, which MLServer runs
+with); the table's header says which were in effect.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.grpc_loadgen import LoadSpec, feature_pool, percentile, run_load
+from loadtest.grpc_loadgen import GRPC_IO, LoadSpec, feature_pool, grpc_io_env, percentile, run_load, select_grpc_io
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"
@@ -274,7 +280,7 @@ def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str
 
 
 @contextlib.contextmanager
-def mlserver(model_path: Path, log_dir: Path, venv: Path):
+def mlserver(model_path: Path, log_dir: Path, venv: Path, grpc_io: str = "event-engine"):
     """Seldon MLServer + mlserver-xgboost on ``model_path``, model name ``production``."""
     models = log_dir / "mlserver"
     (models / "production").mkdir(parents=True, exist_ok=True)
@@ -287,7 +293,7 @@ def mlserver(model_path: Path, log_dir: Path, venv: Path):
         "name": "production", "implementation": "mlserver_xgboost.XGBoostModel",
         "parameters": {"uri": "./model.json", "version": "v1"}}))
     log = open(log_dir / "mlserver.log", "w")
-    env = {**_env(), "PYTHONPATH": ""}
+    env = {**grpc_io_env(grpc_io, _env()), "PYTHONPATH": ""}
     proc = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(models)], cwd=models, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -384,11 +390,20 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--event-loop asyncio'")
     parser.add_argument("--xgboost-backend", action="store_true",
                         help="also run our server with --backend xgboost (micro-batching at work)")
+    parser.add_argument("--client-grpc-io", choices=GRPC_IO[1:], default="iomgr",
+                        help="gRPC core's I/O in this client process (default iomgr)")
+    parser.add_argument("--server-grpc-io", choices=GRPC_IO[1:], default="iomgr",
+                        help="our server's --grpc-io (default iomgr, as `streamscore serve`)")
+    parser.add_argument("--peer-grpc-io", choices=GRPC_IO[1:], default="event-engine",
+                        help="MLServer's gRPC I/O (default event-engine: gRPC's default)")
     parser.add_argument("--json", type=Path, help="write every run and the medians here")
     parser.add_argument("--profile-server", type=Path, metavar="FILE",
                         help="run our server under cProfile and write its stats here (slows it down: numbers "
                              "are then for finding hot spots, not for the table); read with python -m pstats FILE")
     args = parser.parse_args(argv)
+    client_io = select_grpc_io(args.client_grpc_io)  # before anything here imports grpc
+    server_args = [*args.server_args.split(), "--grpc-io", args.server_grpc_io]
+    load_start = loadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench-predictor-") as tmp:
         tmp = Path(tmp)
@@ -405,13 +420,12 @@ def run(argv: list[str] | None = None) -> int:
         plan = [s for s in scenarios(args.concurrency, args.xgboost_backend) if peer or s[1] != "mlserver"]
         results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
         with contextlib.ExitStack() as stack:
-            targets = {"ours": stack.enter_context(our_server(model, tmp, args.server_args.split(),
-                                                              profile=args.profile_server))}
+            targets = {"ours": stack.enter_context(our_server(model, tmp, server_args, profile=args.profile_server))}
             if args.xgboost_backend:
                 targets["ours-xgb"] = stack.enter_context(
-                    our_server(model, tmp, [*args.server_args.split(), "--backend", "xgboost"], "streamscore-xgb"))
+                    our_server(model, tmp, [*server_args, "--backend", "xgboost"], "streamscore-xgb"))
             if peer:
-                targets["mlserver"] = stack.enter_context(mlserver(model, tmp, args.bench_venv))
+                targets["mlserver"] = stack.enter_context(mlserver(model, tmp, args.bench_venv, args.peer_grpc_io))
             for r in range(args.repeat):
                 # Rotate the order every repeat so no scenario always runs after the same neighbour.
                 for name, server, fields in plan[r % len(plan):] + plan[:r % len(plan)]:
@@ -435,7 +449,9 @@ def run(argv: list[str] | None = None) -> int:
                           f"errors {sum(result['errors'].values())}", flush=True)
         medians = {key: _median_result(runs) for key, runs in results.items()}
     print()
-    print(f"medians of {args.repeat} runs x {args.duration:g} s, {os.cpu_count()} cores, OMP_NUM_THREADS=1 servers:")
+    print(f"medians of {args.repeat} runs x {args.duration:g} s, {os.cpu_count()} cores, OMP_NUM_THREADS=1 servers; "
+          f"gRPC I/O: client {client_io}, ours {args.server_grpc_io}, MLServer {args.peer_grpc_io}; "
+          f"load average {load_start:.1f} at the start, {loadavg():.1f} at the end:")
     print(format_table(medians, args.concurrency, floor))
     print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "
           f"throughput at C={args.concurrency}")

@@ -16,6 +16,12 @@
 Requests are built and serialized before the run (a pool of ``--pool`` random feature
 vectors). Prints p50/p90/p99/p99.9/max latency, throughput, and errors by status code; writes
 the same as JSON with ``--json``. Only the given target is contacted.
+
+``--grpc-io`` picks gRPC core's I/O for this client process (see :func:`select_grpc_io`):
+``iomgr`` by default, where the thread waiting for a response reads the socket itself, instead
+of gRPC's ``event-engine`` (its default since 1.80), where an EventEngine thread reads it and
+wakes the waiting thread: one thread hop fewer per call, which a sequential client adds
+directly to every latency it measures.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +48,60 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 Clock = Callable[[], float]
+
+#: gRPC core's I/O choices for a process: "auto" (iomgr unless grpc is already imported),
+#: "event-engine" (gRPC's default since 1.80) or "iomgr" (the I/O manager gRPC used before).
+GRPC_IO = ("auto", "event-engine", "iomgr")
+
+#: The ``GRPC_EXPERIMENTS`` that turn gRPC core (1.80+) back from EventEngine to its I/O manager
+#: for client channels, listeners and every other endpoint. gRPC reads the variable once, when
+#: ``grpc`` is first imported; a gRPC release that no longer has these experiments logs
+#: "Unknown experiment" and keeps EventEngine (nothing else changes).
+IOMGR_EXPERIMENTS = ("-event_engine_client", "-event_engine_listener", "-event_engine_for_all_other_endpoints",
+                     "-event_engine_callback_cq")
+
+
+def grpc_io_in_effect(env=os.environ) -> str:
+    """The I/O that ``GRPC_EXPERIMENTS`` in ``env`` asks gRPC core for: "iomgr" or "event-engine"."""
+    given = {flag.strip() for flag in env.get("GRPC_EXPERIMENTS", "").split(",")}
+    return "iomgr" if set(IOMGR_EXPERIMENTS) <= given else "event-engine"
+
+
+def grpc_io_env(kind: str, env=os.environ) -> dict[str, str]:
+    """A copy of ``env`` whose ``GRPC_EXPERIMENTS`` asks for ``kind`` of I/O (other experiments kept):
+    for a process started with it (a server under test)."""
+    flags = [f.strip() for f in env.get("GRPC_EXPERIMENTS", "").split(",")
+             if f.strip() and f.strip() not in IOMGR_EXPERIMENTS]
+    if kind == "iomgr":
+        flags += IOMGR_EXPERIMENTS
+    out = {k: v for k, v in env.items() if k != "GRPC_EXPERIMENTS"}
+    if flags:
+        out["GRPC_EXPERIMENTS"] = ",".join(flags)
+    return out
+
+
+def select_grpc_io(kind: str, env=os.environ, modules=sys.modules) -> str:
+    """Ask gRPC core for ``kind`` of I/O in this process (before ``grpc`` is imported); returns
+    the I/O in effect. Once ``grpc`` is imported its choice is fixed: "auto" then accepts it, and
+    asking for the other one is an error (set ``GRPC_EXPERIMENTS`` before starting the process)."""
+    if kind not in GRPC_IO:
+        raise ValueError(f"grpc_io must be one of {', '.join(GRPC_IO)}, got {kind!r}")
+    current = grpc_io_in_effect(env)
+    wanted = "iomgr" if kind == "auto" else kind
+    if wanted == current:
+        return current
+    if "grpc" in modules:
+        if kind == "auto":
+            return current
+        raise ValueError(f"grpc_io {kind!r}: grpc is already imported with {current} I/O in this process; "
+                         f"set GRPC_EXPERIMENTS before it starts "
+                         f"({','.join(IOMGR_EXPERIMENTS)} for iomgr, unset for event-engine)")
+    wanted_env = grpc_io_env(wanted, env)
+    if "GRPC_EXPERIMENTS" in wanted_env:
+        env["GRPC_EXPERIMENTS"] = wanted_env["GRPC_EXPERIMENTS"]
+    else:
+        env.pop("GRPC_EXPERIMENTS", None)
+    return wanted
 
 
 # --------------------------------------------------------------------------- recording
@@ -186,6 +247,7 @@ class LoadSpec:
     auth_token: str | None = None
     client: str = "auto"              # auto | aio | sync (sync: closed loop, concurrency 1, unary)
     event_loop: str = "auto"          # auto (uvloop when installed) | asyncio | uvloop, for the aio client
+    grpc_io: str = "auto"             # auto (iomgr unless grpc is imported already) | event-engine | iomgr
 
 
 def _channel_options():
@@ -425,6 +487,7 @@ def run_load(spec: LoadSpec) -> dict:
     """Run one load test; returns the summary (also what ``--json`` writes)."""
     if spec.mode == "stream" and spec.protocol != "scorer":
         raise ValueError("--mode stream needs --protocol scorer (KServe v2 here is unary ModelInfer)")
+    grpc_io = select_grpc_io(spec.grpc_io)  # before the first `import grpc` of this process
     payloads = _payloads(spec)
     sync = _use_sync(spec)
     cpu0 = time.process_time()
@@ -441,6 +504,7 @@ def run_load(spec: LoadSpec) -> dict:
     result["spec"] = asdict(spec) | {"auth_token": "***" if spec.auth_token else None}
     result["client"] = "sync" if sync else "aio"
     result["loop"] = "open" if spec.rps is not None else "closed"
+    result["grpc_io"] = grpc_io
     return result
 
 
@@ -448,7 +512,8 @@ def format_summary(result: dict) -> str:
     spec, ms = result["spec"], result["latency_ms"]
     shape = f"open loop {spec['rps']:g}/s" if spec["rps"] is not None else f"closed loop C={spec['concurrency']}"
     errors = ", ".join(f"{k}={v}" for k, v in sorted(result["errors"].items())) or "none"
-    return (f"{spec['protocol']} {spec['mode']} {shape} ({result['client']} client) -> {spec['target']}\n"
+    return (f"{spec['protocol']} {spec['mode']} {shape} ({result['client']} client, "
+            f"{result.get('grpc_io', 'event-engine')} I/O) -> {spec['target']}\n"
             f"  requests {result['requests']:,}  ok {result['ok']:,}  errors: {errors}\n"
             f"  throughput {result['throughput_rps']:,.0f} /s over {result['elapsed_s']:.1f} s\n"
             f"  latency ms  p50 {ms['p50']:.3f}  p90 {ms['p90']:.3f}  p99 {ms['p99']:.3f}  "
@@ -480,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: blocking client for sequential unary, asyncio otherwise")
     p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="asyncio client's event loop: auto uses uvloop when installed (less client CPU per request)")
+    p.add_argument("--grpc-io", choices=GRPC_IO, default="auto",
+                   help="gRPC core's I/O in this client: iomgr (the waiting thread reads the socket: one thread "
+                        "hop fewer per call; auto's choice) or event-engine (gRPC's default since 1.80)")
     p.add_argument("--json", help="also write the result here as JSON")
     return p
 
@@ -496,7 +564,8 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
                     rps=args.rps, duration=args.duration, warmup=args.warmup, streams=args.streams,
                     rows=args.rows, datatype=args.datatype, model_name=args.model_name, timeout=args.timeout,
                     pool=args.pool, seed=args.seed, max_outstanding=args.max_outstanding, tls_ca=args.tls_ca,
-                    auth_token=args.auth_token, client=args.client, event_loop=args.event_loop)
+                    auth_token=args.auth_token, client=args.client, event_loop=args.event_loop,
+                    grpc_io=args.grpc_io)
 
 
 def run(argv: list[str] | None = None) -> int:

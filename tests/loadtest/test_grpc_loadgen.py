@@ -156,6 +156,7 @@ def test_runs_against_the_predictor(predictor, tmp_path, capsys, args):
     assert result["errors"] == {} and result["ok"] > 10
     assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
     assert result["client_cpu_us"] > 0  # the client's own CPU per request, to compare with the server's
+    assert result["grpc_io"] == lg.grpc_io_in_effect()  # grpc is imported here already: its I/O is reported
     printed = capsys.readouterr().out
     assert "p99.9" in printed and "throughput" in printed
 
@@ -176,6 +177,39 @@ def test_closed_loop_stream_answers_everything_and_leaves_gc_as_it_was(predictor
     result = lg.run_load(lg.LoadSpec(target=predictor, mode="stream", concurrency=8, duration=0.4, warmup=0.1))
     assert result["errors"] == {} and result["ok"] > 50 and result["requests"] == result["ok"]
     assert gc.get_threshold() == thresholds and gc.get_freeze_count() == frozen and gc.isenabled()
+
+
+def test_grpc_io_is_chosen_before_grpc_is_imported():
+    env = {"GRPC_EXPERIMENTS": "other"}
+    assert lg.select_grpc_io("auto", env, modules={}) == "iomgr"
+    assert env["GRPC_EXPERIMENTS"].split(",") == ["other", *lg.IOMGR_EXPERIMENTS]
+    assert lg.select_grpc_io("iomgr", env, modules={}) == "iomgr"  # already asked for: unchanged
+    assert lg.select_grpc_io("event-engine", env, modules={}) == "event-engine"
+    assert env == {"GRPC_EXPERIMENTS": "other"}
+    env = {}
+    assert lg.select_grpc_io("event-engine", env, modules={}) == "event-engine" and env == {}
+    # once grpc is imported the choice is fixed: auto accepts it, the other one is refused
+    imported = {"grpc": object()}
+    assert lg.select_grpc_io("auto", env, modules=imported) == "event-engine" and env == {}
+    with pytest.raises(ValueError, match="grpc is already imported with event-engine I/O"):
+        lg.select_grpc_io("iomgr", env, modules=imported)
+    with pytest.raises(ValueError, match="grpc_io must be one of"):
+        lg.select_grpc_io("epoll", env, modules={})
+
+
+def test_grpc_io_env_for_a_child_process_keeps_everything_else():
+    base = {"PATH": "/bin", "GRPC_EXPERIMENTS": ",".join(lg.IOMGR_EXPERIMENTS)}
+    peer = lg.grpc_io_env("event-engine", base)
+    assert peer == {"PATH": "/bin"} and lg.grpc_io_in_effect(peer) == "event-engine"
+    assert lg.grpc_io_in_effect(lg.grpc_io_env("iomgr", peer)) == "iomgr"
+    assert lg.grpc_io_in_effect(base) == "iomgr"
+
+
+def test_the_client_asks_grpc_for_the_same_io_as_the_server():
+    # the load generator keeps its own copy (importing the server module would import grpc)
+    from models.predictor.server import IOMGR_EXPERIMENTS
+
+    assert lg.IOMGR_EXPERIMENTS == IOMGR_EXPERIMENTS
 
 
 def test_bad_arguments_exit_with_a_reason(capsys):

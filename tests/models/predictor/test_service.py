@@ -434,6 +434,11 @@ def test_sigterm_drains_and_exits_cleanly(booster, tmp_path):
     try:
         line = proc.stdout.readline()
         assert "listening on 127.0.0.1:" in line, line
+        while not line.startswith("streamscore serve: listening"):  # the log line comes first
+            line = proc.stdout.readline()
+            assert line, "the server exited before saying it listens"
+        # started without GRPC_EXPERIMENTS: the process re-executed itself (same pid) with iomgr I/O
+        assert "(gRPC iomgr I/O)" in line, line
         port = int(line.split("127.0.0.1:")[1].split(",")[0].split()[0])
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         deadline = time.monotonic() + 20
@@ -476,3 +481,31 @@ def test_settings_are_checked():
         ServerSettings(max_in_flight=0)
     with pytest.raises(ValueError, match="backend must be one of"):
         ServerSettings(backend="gpu")
+    with pytest.raises(ValueError, match="grpc_io must be one of iomgr, event-engine"):
+        ServerSettings(grpc_io="epoll")
+
+
+def test_serve_restarts_itself_only_when_grpc_io_is_not_in_effect():
+    from models.predictor.server import IOMGR_EXPERIMENTS, ServerSettings, grpc_io_in_effect, restart_with_grpc_io
+
+    calls = []
+
+    def execve(path, argv, env):
+        calls.append((path, argv, env))
+
+    argv = ["--model-file", "m.json", "--port", "0"]
+    base = {"PATH": "/bin", "GRPC_EXPERIMENTS": "some_other_experiment"}
+    restart_with_grpc_io(ServerSettings(grpc_io="iomgr"), argv, env=base, execve=execve)
+    (path, new_argv, env), = calls
+    assert path == sys.executable and new_argv == [sys.executable, "-m", "models.predictor.server", *argv]
+    assert env["PATH"] == "/bin" and grpc_io_in_effect(env) == "iomgr"
+    assert env["GRPC_EXPERIMENTS"].split(",") == ["some_other_experiment", *IOMGR_EXPERIMENTS]  # others kept
+    assert base["GRPC_EXPERIMENTS"] == "some_other_experiment"  # the caller's mapping is not changed
+
+    calls.clear()
+    restart_with_grpc_io(ServerSettings(grpc_io="iomgr"), argv, env=env, execve=execve)  # in effect: no loop
+    restart_with_grpc_io(ServerSettings(grpc_io="event-engine"), argv, env=base, execve=execve)
+    assert calls == []
+    restart_with_grpc_io(ServerSettings(grpc_io="event-engine"), argv, env=env, execve=execve)
+    assert calls[0][2]["GRPC_EXPERIMENTS"] == "some_other_experiment"
+    assert grpc_io_in_effect(calls[0][2]) == "event-engine"
