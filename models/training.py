@@ -421,10 +421,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, grid: str | None = "imp
     parser.add_argument("--grid", choices=sorted(GRIDS), default=grid,
                         help="parameter grid searched on the validation folds (default "
                              + (grid or "the protocol's own: default for handbook-ch3, handbook for handbook-ch5") + ")")
-    parser.add_argument("--select-by", choices=SELECTION_METRICS, default="average_precision",
-                        help="validation metric that picks the parameters; 'card_precision@100,average_precision' "
-                             "ranks by card precision@100 and breaks its ties by average precision "
-                             "(default average_precision)")
+    parser.add_argument("--select-by", choices=SELECTION_METRICS, default="average_precision", metavar="METRICS",
+                        help="validation metric that picks the parameters: " + ", ".join(SELECTION_METRICS[:-1])
+                             + f", or {SELECTION_METRICS[-1]} (ranks by card precision@100 and breaks its ties "
+                             "by average precision); default average_precision")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--nthread", type=int, default=2, help="XGBoost threads (default 2)")
     parser.add_argument("--tree-method", choices=TREE_METHODS, default="hist",
