@@ -119,3 +119,11 @@ def test_every_loop_stops_by_itself_at_max_seconds(make_frame):
     assert result.error.startswith("--max-seconds reached")
     assert time.monotonic() - started < 30  # bounded (generously: this is a hang guard, not a timing)
     assert result.outcome.accounting()["lost"] == 50
+
+
+def test_duration_bounds_publishing_by_intended_time(make_frame):
+    df = namespaced(make_frame(500, seed=7), "u-")
+    result = _run(FakeSystem(capacity=1000.0), df, stages=[rl.Stage(100.0)], duration=0.5, timeout=5.0, settle=0.1,
+                  max_seconds=30.0)
+    acc = result.outcome.accounting()
+    assert acc["sent"] == 50 and acc["scored"] == 50  # intended offsets 0, 0.01, ..., 0.49
