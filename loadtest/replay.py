@@ -178,6 +178,7 @@ class ScoreConsumer:
         self.clock, self.start, self.arrival, self.keep_features = clock, start, arrival, keep_features
         self.scores: dict[str, tuple] = {}
         self.malformed = 0
+        self.error: str | None = None  # why consuming stopped early (no such subscription, permission denied)
 
     def _at(self, publish_time) -> tuple[float, float]:
         received = self.clock() - self.start
@@ -229,10 +230,13 @@ class ScoreConsumer:
         return got
 
     def run(self, stop: threading.Event, deadline: float) -> None:
-        """Poll until ``stop`` is set or the wall clock passes ``deadline``."""
-        while not stop.is_set() and self.clock() < deadline:
-            if not self.poll():
-                stop.wait(0.05)
+        """Poll until ``stop`` is set or the wall clock passes ``deadline``; a failure ends it in ``error``."""
+        try:
+            while not stop.is_set() and self.clock() < deadline:
+                if not self.poll():
+                    stop.wait(0.05)
+        except Exception as exc:  # noqa: BLE001 - the controller reports it and stops the run
+            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 # --------------------------------------------------------------------------- one run
@@ -313,6 +317,9 @@ def replay(df: pd.DataFrame, *, publisher, subscriber, topics: TopicPaths, score
                     break
             if state.error:
                 reason = error = f"publishing failed: {state.error}"
+                break
+            if consumer.error:
+                reason = error = f"consuming {scores_path} failed: {consumer.error}"
                 break
             o = ledger.outcome()
             if step_slo_ms is not None and reason is None:
@@ -404,7 +411,7 @@ def _warm_up(df, publisher, topics, ledger, consumer, clock, *, rate, ordering, 
     planned = plan(timeline(df, labels=False), stages=[Stage(rate)])
     state = publish_plan(planned, publisher, TopicPaths(topics.transactions), ledger, start=start, clock=clock,
                          sleep=time.sleep, ordering=ordering, until=math.inf)
-    while ledger.unresolved() and clock() < deadline and not state.error:
+    while ledger.unresolved() and clock() < deadline and not state.error and not consumer.error:
         if health is not None:
             health()
         time.sleep(0.25)

@@ -127,3 +127,17 @@ def test_duration_bounds_publishing_by_intended_time(make_frame):
                   max_seconds=30.0)
     acc = result.outcome.accounting()
     assert acc["sent"] == 50 and acc["scored"] == 50  # intended offsets 0, 0.01, ..., 0.49
+
+
+def test_a_missing_subscription_stops_the_run_with_the_reason(make_frame):
+    from google.api_core.exceptions import NotFound
+
+    class NoSubscription(FakeSystem):
+        def pull(self, request, timeout, retry=None):
+            raise NotFound(f"Subscription does not exist: {request['subscription']}")
+
+    df = namespaced(make_frame(100, seed=8), "n-")
+    result = _run(NoSubscription(capacity=1000.0), df, stages=[rl.Stage(50.0)], timeout=600.0, settle=0.1,
+                  max_seconds=60.0)
+    assert result.error.startswith("consuming projects/p/subscriptions/scores failed: NotFound")
+    assert "Subscription does not exist" in result.error
