@@ -637,7 +637,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for the user, then clean up below
-        print(f"{PROG}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        hint = ("; for the emulator pass --emulator-host HOST:PORT (or --local-stack)"
+                if type(exc).__module__.startswith("google.auth") else "")
+        print(f"{PROG}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{hint}", file=sys.stderr)
         return 1
     finally:
         if publisher is not None:
