@@ -3,8 +3,11 @@
 * One gRPC channel per worker process and target, kept in a module-level cache: on the local
   runner ``setup()``/``teardown()`` run for every bundle, so a DoFn-owned channel would be
   reconnected for every ten messages.
-* A bundle's transactions are sent together over one ``ScoreStream`` call (the predictor
-  predicts messages that arrive together in one batch), with a deadline.
+* A bundle's transactions are scored with one call, with a deadline: a KServe v2
+  ``ModelInfer`` whose input tensor holds the whole batch (``[N, 15]`` FP64, raw bytes: one
+  message each way, where a ``ScoreStream`` of N messages costs the client and the server a
+  gRPC message each). If the predictor refuses that batch as invalid, the batch is scored
+  again over ``ScoreStream``, whose per-message errors tell which transactions were refused.
 * Transport failures (predictor down, deadline exceeded, overloaded) are retried with capped
   exponential backoff **without limit**: the job waits for the predictor, it never drops or
   skips an event. A message the predictor rejects (e.g. a NaN feature) is not retried: it
@@ -25,6 +28,10 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+import numpy as np
+
+from protos.kserve.v2 import grpc_predict_v2_pb2 as kserve_pb
+from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as kserve_grpc
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
 from streaming.events import Score, dead_letter, encode
 from streaming.features.spec import FeatureSpec
@@ -87,7 +94,7 @@ class PredictorUnavailable(RuntimeError):
 
 
 class ScoringClient:
-    """Scores batches of feature vectors over ``Scorer.ScoreStream``, retrying transport failures."""
+    """Scores batches of feature vectors (KServe ``ModelInfer``, else ``ScoreStream``), retrying transport failures."""
 
     def __init__(self, target: str, *, deadline: float = 10.0, token: str | None = None,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
@@ -101,26 +108,64 @@ class ScoringClient:
     def _stub(self) -> scorer_pb2_grpc.ScorerStub:
         return scorer_pb2_grpc.ScorerStub(channel_for(self.target, self.token))
 
+    @property
+    def _metadata(self):
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+    def _infer(self, items: Sequence[tuple[str, Sequence[float]]]) -> list[Scored]:
+        """The whole batch in one KServe v2 ``ModelInfer`` (raw FP64 tensor)."""
+        X = np.ascontiguousarray(np.asarray([values for _, values in items], dtype="<f8"))
+        request = kserve_pb.ModelInferRequest(model_name="production", raw_input_contents=[X.tobytes()])
+        request.inputs.add(name="features", datatype="FP64", shape=list(X.shape))
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel_for(self.target, self.token))
+        response = stub.ModelInfer(request, timeout=self.deadline, metadata=self._metadata)
+        outputs = {out.name: np.frombuffer(raw, dtype="<f8")
+                   for out, raw in zip(response.outputs, response.raw_output_contents)}
+        scores, online = outputs.get("score"), outputs.get("online_score")
+        if scores is None or len(scores) != len(items) or (online is not None and len(online) != len(items)):
+            raise grpc.RpcError(f"predictor answered {len(response.outputs)} outputs for {len(items)} rows")
+        online_version = (response.parameters["online_model_version"].string_param
+                          if online is not None and "online_model_version" in response.parameters else None)
+        return [Scored(tid, float(scores[i]), response.model_version,
+                       None if online is None else float(online[i]), online_version)
+                for i, (tid, _) in enumerate(items)]
+
     def _call(self, requests: list[scorer_pb2.ScoreRequest]) -> list[scorer_pb2.ScoreResponse]:
-        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
-        responses = list(self._stub().ScoreStream(iter(requests), timeout=self.deadline, metadata=metadata))
+        responses = list(self._stub().ScoreStream(iter(requests), timeout=self.deadline, metadata=self._metadata))
         if len(responses) != len(requests):
             raise grpc.RpcError(f"predictor answered {len(responses)} of {len(requests)} messages")
         return responses
+
+    def _stream(self, items: Sequence[tuple[str, Sequence[float]]]) -> list[Scored]:
+        """Message by message over ``ScoreStream``: each refused one gets the predictor's reason."""
+        requests = [scorer_pb2.ScoreRequest(transaction_id=tid, features=scorer_pb2.FeatureVector(values=list(values)))
+                    for tid, values in items]
+        out = []
+        for response in self._call(requests):
+            if response.HasField("error") and response.error.code:
+                out.append(Scored(response.transaction_id, None, response.model_version,
+                                  error=f"predictor rejected the features: {response.error.message}"))
+            else:
+                out.append(Scored(
+                    response.transaction_id, response.score, response.model_version,
+                    response.online_score if response.HasField("online_score") else None,
+                    response.online_model_version if response.HasField("online_model_version") else None))
+        return out
 
     def score_many(self, items: Sequence[tuple[str, Sequence[float]]]) -> list[Scored]:
         """``[(transaction_id, features)]`` → one :class:`Scored` each, in order."""
         if not items:
             return []
-        requests = [scorer_pb2.ScoreRequest(transaction_id=tid, features=scorer_pb2.FeatureVector(values=list(values)))
-                    for tid, values in items]
         delays = self.retry.delays()
+        batched = True
         while True:
             try:
-                responses = self._call(requests)
-                break
+                return self._infer(items) if batched else self._stream(items)
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                if batched and code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                    batched = False  # some row is refused (or no KServe here): find out which, one message each
+                    continue
                 if code not in RETRYABLE and hasattr(exc, "code"):
                     # the whole call was refused (e.g. auth): every message gets the reason
                     reason = f"predictor refused the batch: {code.name}: {exc.details()}"
@@ -132,17 +177,6 @@ class ScoringClient:
                 log.warning("predictor at %s: %s; retrying %d messages in %.1f s", self.target,
                             code.name if hasattr(code, "name") else code, len(items), delay)
                 self.sleep(delay)
-        out = []
-        for response in responses:
-            if response.HasField("error") and response.error.code:
-                out.append(Scored(response.transaction_id, None, response.model_version,
-                                  error=f"predictor rejected the features: {response.error.message}"))
-            else:
-                out.append(Scored(
-                    response.transaction_id, response.score, response.model_version,
-                    response.online_score if response.HasField("online_score") else None,
-                    response.online_model_version if response.HasField("online_model_version") else None))
-        return out
 
 
 # --------------------------------------------------------------------------- Beam

@@ -1,0 +1,66 @@
+"""The streaming job's scoring client (``streaming.scoring.ScoringClient``) against a real predictor.
+
+It lives beside the predictor tests for their in-process server fixtures. A bundle is scored
+in one KServe ``ModelInfer`` call; a batch the predictor refuses is scored again over
+``ScoreStream`` so each refused transaction gets its own reason; transport failures retry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import numpy as np
+import pytest
+
+from streaming.scoring import PredictorUnavailable, RetryPolicy, ScoringClient
+
+from .conftest import synthetic
+
+
+def rows(n: int, seed: int = 0) -> list[tuple[str, list[float]]]:
+    X, _ = synthetic(n, seed)
+    return [(f"t{i}", list(map(float, x))) for i, x in enumerate(X)]
+
+
+def test_a_batch_is_scored_in_one_call_equal_to_the_scoring_core(serve, make_scorer, monkeypatch):
+    scorer = make_scorer("v7")
+    server = serve(scorer)
+    client = ScoringClient(server.target)
+    streamed = []
+    monkeypatch.setattr(client, "_stream", lambda items: streamed.append(items) or [])
+    items = rows(64)
+    got = client.score_many(items)
+    assert streamed == []  # the batch went in one ModelInfer
+    want = scorer.score_many(np.array([values for _, values in items]))[0]
+    assert [s.transaction_id for s in got] == [tid for tid, _ in items]
+    assert {s.model_version for s in got} == {"v7"} and all(s.error is None and s.online_score is None for s in got)
+    np.testing.assert_allclose([s.score for s in got], want, rtol=0, atol=1e-12)
+
+
+def test_a_refused_row_falls_back_to_the_stream_and_only_that_row_is_rejected(serve, make_scorer):
+    server = serve(make_scorer("v7"))
+    items = rows(5)
+    items[2][1][0] = math.nan
+    got = ScoringClient(server.target).score_many(items)
+    assert [s.error is None for s in got] == [True, True, False, True, True]
+    assert got[2].score is None and "features.values[0]" in got[2].error and "NaN" in got[2].error
+    assert all(isinstance(s.score, float) and s.model_version == "v7" for i, s in enumerate(got) if i != 2)
+
+
+def test_an_unreachable_predictor_is_retried_until_the_policy_gives_up():
+    slept = []
+    client = ScoringClient("127.0.0.1:1", deadline=0.5, retry=RetryPolicy(initial=0.1, max_attempts=3),
+                           sleep=slept.append)
+    with pytest.raises(PredictorUnavailable, match="127.0.0.1:1 unavailable"):
+        client.score_many(rows(2))
+    assert slept == [0.1, 0.2] and client.retries == 2
+
+
+def test_a_refused_call_gives_every_row_the_reason(serve, make_scorer):
+    server = serve(make_scorer(), auth_token="secret")
+    got = ScoringClient(server.target, token="wrong").score_many(rows(3))
+    assert [s.score for s in got] == [None] * 3
+    assert all(s.error.startswith(f"predictor refused the batch: {grpc.StatusCode.UNAUTHENTICATED.name}") for s in got)
+    ok = ScoringClient(server.target, token="secret").score_many(rows(3))
+    assert all(s.error is None for s in ok)
