@@ -21,17 +21,20 @@
 
 ``--profile-server FILE`` runs our server under cProfile (to find hot spots; it slows the server).
 
-gRPC core's I/O (``GRPC_EXPERIMENTS``, see ``loadtest.grpc_loadgen.select_grpc_io``) is chosen per
-process: ``--client-grpc-io`` for this client (default iomgr, the load generator's default),
+Every run's client is a fresh process (``loadtest.grpc_loadgen`` with the run's spec), so each
+run gets the gRPC core I/O meant for it (``GRPC_EXPERIMENTS`` is read once per process, see
+``loadtest.grpc_loadgen.select_grpc_io``): ``--client-grpc-io`` (default auto: iomgr for the
+sequential blocking client, event-engine for the asyncio one, as the load generator does),
 ``--server-grpc-io`` for our server (default iomgr, ``streamscore serve``'s default) and
 ``--peer-grpc-io`` for MLServer (default event-engine: gRPC's own default, which MLServer runs
-with); the table's header says which were in effect.
+with); the per-run lines and the table's header say which were in effect.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -45,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.grpc_loadgen import GRPC_IO, LoadSpec, feature_pool, grpc_io_env, percentile, run_load, select_grpc_io
+from loadtest.grpc_loadgen import GRPC_IO, LoadSpec, feature_pool, grpc_io_env, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"
@@ -254,6 +257,21 @@ def _env() -> dict:
     return env
 
 
+_CLIENT = ("import json, sys; from loadtest.grpc_loadgen import LoadSpec, run_load; "
+           "json.dump(run_load(LoadSpec(**json.loads(sys.argv[1]))), sys.stdout)")
+
+
+def run_client(spec: LoadSpec) -> dict:
+    """``run_load(spec)`` in a fresh client process (its own gRPC I/O choice, no state left over
+    from the previous run); its result."""
+    done = subprocess.run([sys.executable, "-c", _CLIENT, json.dumps(dataclasses.asdict(spec))], cwd=ROOT,
+                          env={k: v for k, v in _env().items() if k != "GRPC_EXPERIMENTS"},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"load client failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
 @contextlib.contextmanager
 def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str = "streamscore",
                profile: Path | None = None):
@@ -390,8 +408,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--event-loop asyncio'")
     parser.add_argument("--xgboost-backend", action="store_true",
                         help="also run our server with --backend xgboost (micro-batching at work)")
-    parser.add_argument("--client-grpc-io", choices=GRPC_IO[1:], default="iomgr",
-                        help="gRPC core's I/O in this client process (default iomgr)")
+    parser.add_argument("--client-grpc-io", choices=GRPC_IO, default="auto",
+                        help="gRPC core's I/O in the client processes (default auto: iomgr for sequential unary, "
+                             "event-engine for the asyncio client)")
     parser.add_argument("--server-grpc-io", choices=GRPC_IO[1:], default="iomgr",
                         help="our server's --grpc-io (default iomgr, as `streamscore serve`)")
     parser.add_argument("--peer-grpc-io", choices=GRPC_IO[1:], default="event-engine",
@@ -401,7 +420,6 @@ def run(argv: list[str] | None = None) -> int:
                         help="run our server under cProfile and write its stats here (slows it down: numbers "
                              "are then for finding hot spots, not for the table); read with python -m pstats FILE")
     args = parser.parse_args(argv)
-    client_io = select_grpc_io(args.client_grpc_io)  # before anything here imports grpc
     server_args = [*args.server_args.split(), "--grpc-io", args.server_grpc_io]
     load_start = loadavg()
 
@@ -429,9 +447,10 @@ def run(argv: list[str] | None = None) -> int:
             for r in range(args.repeat):
                 # Rotate the order every repeat so no scenario always runs after the same neighbour.
                 for name, server, fields in plan[r % len(plan):] + plan[:r % len(plan)]:
-                    spec = LoadSpec(target=str(targets[server]), duration=args.duration, warmup=args.warmup, **fields)
+                    spec = LoadSpec(target=str(targets[server]), duration=args.duration, warmup=args.warmup,
+                                    grpc_io=args.client_grpc_io, **fields)
                     cpu0, batches0 = cpu_seconds(targets[server].pid), batch_rows(targets[server].metrics)
-                    result = run_load(spec)
+                    result = run_client(spec)
                     cpu1, batches1 = cpu_seconds(targets[server].pid), batch_rows(targets[server].metrics)
                     if batches0 and batches1 and batches1[1] > batches0[1]:
                         result["mean_batch_rows"] = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
@@ -444,13 +463,13 @@ def run(argv: list[str] | None = None) -> int:
                           f"p99 {result['latency_ms']['p99']:.3f} ms  {result['throughput_rps']:,.0f} req/s  "
                           f"server CPU {result['server_cpu_us_per_request'] or float('nan'):.0f} us/req  "
                           f"client CPU {result.get('client_cpu_us', float('nan')):.0f} us/req  "
-                          f"load {result['loadavg']:.2f}  "
+                          f"load {result['loadavg']:.2f}  client I/O {result['grpc_io']}  "
                           f"rows/predict {result.get('mean_batch_rows', float('nan')):.1f}  "
                           f"errors {sum(result['errors'].values())}", flush=True)
         medians = {key: _median_result(runs) for key, runs in results.items()}
     print()
     print(f"medians of {args.repeat} runs x {args.duration:g} s, {os.cpu_count()} cores, OMP_NUM_THREADS=1 servers; "
-          f"gRPC I/O: client {client_io}, ours {args.server_grpc_io}, MLServer {args.peer_grpc_io}; "
+          f"gRPC I/O: client {args.client_grpc_io}, ours {args.server_grpc_io}, MLServer {args.peer_grpc_io}; "
           f"load average {load_start:.1f} at the start, {loadavg():.1f} at the end:")
     print(format_table(medians, args.concurrency, floor))
     print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "

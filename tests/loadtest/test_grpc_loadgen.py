@@ -188,6 +188,7 @@ def test_grpc_io_is_chosen_before_grpc_is_imported():
     assert env == {"GRPC_EXPERIMENTS": "other"}
     env = {}
     assert lg.select_grpc_io("event-engine", env, modules={}) == "event-engine" and env == {}
+    assert lg.select_grpc_io("auto", env, modules={}, auto="event-engine") == "event-engine" and env == {}
     # once grpc is imported the choice is fixed: auto accepts it, the other one is refused
     imported = {"grpc": object()}
     assert lg.select_grpc_io("auto", env, modules=imported) == "event-engine" and env == {}
