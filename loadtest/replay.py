@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import threading
 import time
@@ -469,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--registry", type=Path, default=Path("registry"),
                         help="--local-stack: model registry (a model is trained if it has none; default ./registry)")
     target.add_argument("--workdir", type=Path, help="--local-stack: folder for logs (default: a temporary folder)")
+    target.add_argument("--job-args", default="", metavar="'ARGS'",
+                        help="--local-stack: extra flags for `streamscore stream`, e.g. '--no-local-tuning'")
     target.add_argument("--project", default="local-project", help="Pub/Sub project (default %(default)s)")
     target.add_argument("--emulator-host", metavar="HOST:PORT", help="Pub/Sub emulator (default: real Pub/Sub "
                         "with application-default credentials, or $PUBSUB_EMULATOR_HOST)")
@@ -524,6 +527,8 @@ def _check(args, parser) -> None:
         parser.error("give --shadow-predictor or --shadow-model-file, not both")
     if args.shadow_model_file and not args.shadow_model_file.is_file():
         parser.error(f"--shadow-model-file {str(args.shadow_model_file)!r} does not exist")
+    if args.job_args and not args.local_stack:
+        parser.error("--job-args needs --local-stack")
     if args.local_stack and args.emulator_host:
         parser.error("--local-stack starts its own emulator; drop --emulator-host")
     if args.label_delay_days is not None and not args.labels:
@@ -598,7 +603,7 @@ def run(argv: list[str] | None = None) -> int:
     labels = args.labels and "TX_FRAUD" in df.columns
     # The job reads labels only when this run sends some (an idle read costs a pull per second
     # on the tuned local runner, and stalls the untuned one ~29 s per pull).
-    job_args = () if labels else ("--labels-subscription", "")
+    job_args = (() if labels else ("--labels-subscription", "")) + tuple(shlex.split(args.job_args))
     stack = (LocalStack(args.registry, args.workdir, shadow_model_file=args.shadow_model_file, job_args=job_args)
              if args.local_stack else None)
     publisher = subscriber = None
@@ -654,7 +659,7 @@ def run(argv: list[str] | None = None) -> int:
         "speedup": args.speedup, "rate_tps": args.rate, "slo_ms": args.slo_ms if args.step else None,
         "timeout_s": args.timeout, "id_prefix": prefix, "labels": labels, "arrival_time": args.arrival_time,
         "project": args.project, "emulator_host": args.emulator_host, "local_stack": bool(stack),
-        "production_model": stack.version if stack is not None else None,
+        "production_model": stack.version if stack is not None else None, "job_args": args.job_args or None,
         "logs": str(stack.workdir) if stack is not None else None})
     print(format_summary(report))
     if args.json:
