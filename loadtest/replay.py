@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--local-stack: model registry (a model is trained if it has none; default ./registry)")
     target.add_argument("--workdir", type=Path, help="--local-stack: folder for logs (default: a temporary folder)")
     target.add_argument("--job-args", default="", metavar="'ARGS'",
-                        help="--local-stack: extra flags for `streamscore stream`, e.g. '--no-local-tuning'")
+                        help="--local-stack: extra flags for `streamscore stream`, written with '=': --job-args=--no-local-tuning")
     target.add_argument("--project", default="local-project", help="Pub/Sub project (default %(default)s)")
     target.add_argument("--emulator-host", metavar="HOST:PORT", help="Pub/Sub emulator (default: real Pub/Sub "
                         "with application-default credentials, or $PUBSUB_EMULATOR_HOST)")
