@@ -30,7 +30,7 @@ real job scoring every transaction over gRPC (``--predictor``: a ``streamscore s
 started once for the run, on an XGBoost model trained on a simulated history of the same
 population, so alerts are about as rare as frauds; its ``scores`` topic is the output). Every variant
 runs on the local runner as ``streamscore stream`` does, tuned by :mod:`streaming.local_runner`
-(100-message pulls with a 1 s deadline); ``-pull<N>`` / ``-wait<S>`` change the tuning's pull size
+(100-message pulls that answer at once when empty); ``-pull<N>`` / ``-wait<S>`` change the tuning's pull size
 and deadline, ``-untuned`` runs Beam's runner as it ships (10-message pulls, 30 s deadline), e.g.
 ``features-untuned``, ``bare-pull10``. The ratio compares each variant with the bare run of the
 same tuning.
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "local-project"
 PROFILE_ENV = "BENCH_STREAM_PROFILE"
 PULL_SIZE = 100  # streaming.job's --local-pull-size default (Beam 2.77's own reader pulls 10)
-PULL_TIMEOUT = 1.0  # its --local-pull-deadline default (Beam's is 30 s)
+PULL_TIMEOUT = 30.0  # its --local-pull-deadline default (Beam's, with return_immediately)
 BASE_VARIANTS = ("bare", "features", "scoring")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
 _VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned)*)$")

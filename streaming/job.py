@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
-    local.add_argument("--local-pull-deadline", type=float, default=1.0,
-                       help="seconds an empty pull waits (default 1; Beam's 30 s stalls the job on an idle topic)")
+    local.add_argument("--local-pull-deadline", type=float, default=30.0,
+                       help="the pull's deadline in seconds (default 30, Beam's); an empty pull answers at once")
     local.add_argument("--no-local-tuning", action="store_true",
                        help="run Beam's local runner exactly as it ships (slower; for comparison)")
     return parser

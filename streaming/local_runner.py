@@ -18,10 +18,13 @@ runner):
 3. **Pub/Sub pulls.** The reader pulls at most 10 messages per bundle with a 30 s deadline, and
    the emulator holds an empty pull until just before the deadline: an idle subscription (the
    labels topic before labels flow) stalls the whole pipeline ~29 s per pull. Here a pull asks
-   for up to ``pull_size`` messages with a ``pull_deadline`` s deadline (an empty pull then
-   returns at once; a deadline error counts as an empty pull), and when no patched reader got
-   a message for ``idle_after`` s an empty pull sleeps ``idle_sleep`` s so an idle job does not
-   spin. Messages are still acknowledged as Beam does (right after the pull).
+   for up to ``pull_size`` messages with ``return_immediately`` (an empty pull answers at once)
+   and a ``pull_deadline`` s deadline (Beam's 30 s by default: a short deadline is no cure, as a
+   busy emulator can take longer than it to answer, and the messages it leased to the abandoned
+   pull then come back only after the subscription's ack deadline, 60 s by default). A deadline
+   error counts as an empty pull. When no patched reader got a message for ``idle_after`` s,
+   an empty pull sleeps ``idle_sleep`` s so an idle job does not spin. Messages are still
+   acknowledged as Beam does (right after the pull).
 4. **Publisher clients.** ``WriteToPubSub`` creates a new ``PublisherClient`` (a gRPC channel)
    in ``setup()``, which the local runner calls for every bundle, and never closes it. Here
    one client per process and ordering mode is created and reused.
@@ -45,6 +48,7 @@ import logging
 import threading
 import time
 import types
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -71,7 +75,7 @@ _LOCK = threading.Lock()
 _INSTALLED: dict[str, object] = {}
 
 
-def install(pull_size: int = 100, pull_deadline: float = 1.0, *, idle_sleep: float = 0.05,
+def install(pull_size: int = 100, pull_deadline: float = 30.0, *, idle_sleep: float = 0.05,
             idle_after: float = 0.5) -> LocalRunnerTuning:
     """Apply the patches (once per process; later calls may change the pull settings)."""
     if pull_size < 1:
@@ -204,8 +208,10 @@ def _patch_pull():
 
         def pull(*, subscription, max_messages, timeout):  # Beam passes 10 and 30
             try:
-                response = real_pull(subscription=subscription, max_messages=int(_PULL["size"]),
-                                     timeout=_PULL["deadline"])
+                with warnings.catch_warnings():  # return_immediately is deprecated for real Pub/Sub
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    response = real_pull(subscription=subscription, max_messages=int(_PULL["size"]),
+                                         return_immediately=True, timeout=_PULL["deadline"])
             except exceptions.DeadlineExceeded:
                 response = PullResponse()
             now = time.monotonic()

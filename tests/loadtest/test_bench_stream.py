@@ -52,7 +52,7 @@ def test_own_process_is_readable():
 
 
 def test_variants_parse_and_alternate():
-    assert bs.parse_variant("features") == bs.Variant("features", "features", 100, 1.0, True)
+    assert bs.parse_variant("features") == bs.Variant("features", "features", 100, 30.0, True)
     v = bs.parse_variant("scoring-pull10-wait30")
     assert (v.base, v.pull_size, v.pull_timeout, v.tuned) == ("scoring", 10, 30.0, True)
     assert v.job_flags() == ["--pull-size", "10", "--pull-timeout", "30.0"]
@@ -81,7 +81,7 @@ def test_job_commands_pass_the_tuning_to_every_kind():
 
     names = {k: k for k in ("in_sub", "out", "dead", "labels_sub")}
     real = bs._job_command(bs.parse_variant("features-pull50"), Emulator, names, "off", None)
-    assert real[1:3] == ["-m", "streaming.job"] and real[-4:] == ["--local-pull-size", "50", "--local-pull-deadline", "1.0"]
+    assert real[1:3] == ["-m", "streaming.job"] and real[-4:] == ["--local-pull-size", "50", "--local-pull-deadline", "30.0"]
     assert bs._job_command(bs.parse_variant("features-untuned"), Emulator, names, "off", None)[-1] == "--no-local-tuning"
     bare = bs._job_command(bs.parse_variant("bare-untuned"), Emulator, names, "off", None)
     assert "bare-job" in bare and "--untuned" in bare

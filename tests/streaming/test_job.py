@@ -49,7 +49,7 @@ def test_builds_for_dataflow_offline_with_pubsub_read_and_write():
 def test_bad_flags_are_rejected():
     with pytest.raises(ValueError, match="--max-message-bytes must be > 0, got 0"):
         build(["--max-message-bytes=0"])
-    with pytest.raises(ValueError, match="--local-pull-size must be >= 1 and --local-pull-deadline > 0, got 0 and 1.0"):
+    with pytest.raises(ValueError, match="--local-pull-size must be >= 1 and --local-pull-deadline > 0, got 0 and 30.0"):
         build(["--local-pull-size=0"])
     with pytest.raises(ValueError, match="got 100 and 0.0"):
         build(["--local-pull-deadline=0"])

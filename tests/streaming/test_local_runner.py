@@ -57,7 +57,7 @@ def _original_specs(dofn):
 
 
 def test_install_reports_every_patch(tuned):
-    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 1.0, True, True, True)
+    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 30.0, True, True, True)
     assert local_runner.install(50, 0.5).pull_size == 50  # idempotent; pull settings may change
     local_runner.install()
     with pytest.raises(ValueError, match="pull_size must be >= 1"):
@@ -124,8 +124,8 @@ class _FakeSubscriber:
     def __init__(self, responses):
         self.calls, self.responses = [], list(responses)
 
-    def pull(self, *, subscription, max_messages, timeout):
-        self.calls.append((max_messages, timeout))
+    def pull(self, *, subscription, max_messages, timeout, return_immediately=False):
+        self.calls.append((max_messages, timeout, return_immediately))
         response = self.responses.pop(0)
         if isinstance(response, Exception):
             raise response
@@ -152,7 +152,7 @@ def test_pull_asks_for_the_tuned_size_and_deadline_and_treats_a_timeout_as_empty
         second = evaluator._read_from_pubsub(None)
     finally:
         local_runner.install()
-    assert fake.calls == [(7, 0.25), (7, 0.25)]  # Beam asks for 10 with 30 s
+    assert fake.calls == [(7, 0.25, True), (7, 0.25, True)]  # Beam asks for 10 with 30 s, waiting when empty
     assert [m.data for _, m in first] == [b"x"] and second == [] and acked == ["a1"]
     assert not hasattr(fake, "pull") or isinstance(fake.pull, types.MethodType)  # the wrapper was removed
 
