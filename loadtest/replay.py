@@ -52,7 +52,8 @@ from loadtest.replay_ledger import (TRANSACTION, Ledger, Outcome, Planned, Stage
                                     slo_certainly_breached, stage_windows, step_stages)
 from streaming.datasets import DatasetError, read_table
 from streaming.events import encode
-from streaming.publish import LabelDelay, PublishReport, TopicPaths, _Confirmer, _timeline, schedule_labels
+from streaming.publish import (LabelDelay, PublishReport, TopicPaths, _Confirmer, _Parser, _positive, _timeline,
+                               schedule_labels)
 
 PROG = "streamscore loadtest replay"
 _BASE = time.time() - time.monotonic()
@@ -422,21 +423,6 @@ def _warm_up(df, publisher, topics, ledger, consumer, clock, *, rate, ordering, 
 
 
 # --------------------------------------------------------------------------- command line
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def _count(text: str) -> int:
