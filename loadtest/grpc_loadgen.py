@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from models.predictor.grpc_io import IOMGR_EXPERIMENTS, grpc_io_env, grpc_io_in_effect
+
 N_FEATURES = 15
 SCORE = "/streamscore.v1.Scorer/Score"
 SCORE_STREAM = "/streamscore.v1.Scorer/ScoreStream"
@@ -55,33 +57,6 @@ Clock = Callable[[], float]
 #: for the asyncio one; whatever is in effect once grpc is imported), "event-engine" (gRPC's
 #: default since 1.80) or "iomgr" (the I/O manager gRPC used before).
 GRPC_IO = ("auto", "event-engine", "iomgr")
-
-#: The ``GRPC_EXPERIMENTS`` that turn gRPC core (1.80+) back from EventEngine to its I/O manager
-#: for client channels, listeners and every other endpoint. gRPC reads the variable once, when
-#: ``grpc`` is first imported; a gRPC release that no longer has these experiments logs
-#: "Unknown experiment" and keeps EventEngine (nothing else changes).
-IOMGR_EXPERIMENTS = ("-event_engine_client", "-event_engine_listener", "-event_engine_for_all_other_endpoints",
-                     "-event_engine_callback_cq")
-
-
-def grpc_io_in_effect(env=os.environ) -> str:
-    """The I/O that ``GRPC_EXPERIMENTS`` in ``env`` asks gRPC core for: "iomgr" or "event-engine"."""
-    given = {flag.strip() for flag in env.get("GRPC_EXPERIMENTS", "").split(",")}
-    return "iomgr" if set(IOMGR_EXPERIMENTS) <= given else "event-engine"
-
-
-def grpc_io_env(kind: str, env=os.environ) -> dict[str, str]:
-    """A copy of ``env`` whose ``GRPC_EXPERIMENTS`` asks for ``kind`` of I/O (other experiments kept):
-    for a process started with it (a server under test)."""
-    flags = [f.strip() for f in env.get("GRPC_EXPERIMENTS", "").split(",")
-             if f.strip() and f.strip() not in IOMGR_EXPERIMENTS]
-    if kind == "iomgr":
-        flags += IOMGR_EXPERIMENTS
-    out = {k: v for k, v in env.items() if k != "GRPC_EXPERIMENTS"}
-    if flags:
-        out["GRPC_EXPERIMENTS"] = ",".join(flags)
-    return out
-
 
 def select_grpc_io(kind: str, env=os.environ, modules=sys.modules, *, auto: str = "iomgr") -> str:
     """Ask gRPC core for ``kind`` of I/O in this process (before ``grpc`` is imported; "auto" means

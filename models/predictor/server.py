@@ -47,6 +47,7 @@ from models.predictor.core import Scorer
 from models.predictor.lifecycle import ONLINE, FileSource, ModelSource, ModelWatcher, RegistrySource
 from models.predictor.metrics import Telemetry
 from models.predictor.errors import Undecodable
+from models.predictor.grpc_io import grpc_io_env, grpc_io_in_effect
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ AUTH_TOKEN_ENV = "STREAMSCORE_AUTH_TOKEN"
 #: gRPC core's I/O for the serving process: "iomgr" (the I/O manager gRPC used before 1.80)
 #: or "event-engine" (gRPC's default since 1.80).
 GRPC_IO = ("iomgr", "event-engine")
-
-#: The ``GRPC_EXPERIMENTS`` that turn gRPC core (1.80+) back from EventEngine to its I/O manager
-#: (client channels, listeners, every other endpoint, callback completion queues). A gRPC
-#: release without these experiments logs "Unknown experiment" and keeps EventEngine.
-#: (``loadtest.grpc_loadgen`` has the same list: it cannot import this module, which imports grpc.)
-IOMGR_EXPERIMENTS = ("-event_engine_client", "-event_engine_listener", "-event_engine_for_all_other_endpoints",
-                     "-event_engine_callback_cq")
-
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
@@ -105,24 +98,6 @@ class ServerSettings:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.grpc_io not in GRPC_IO:
             raise ValueError(f"grpc_io must be one of {', '.join(GRPC_IO)}, got {self.grpc_io!r}")
-
-
-def grpc_io_in_effect(env=os.environ) -> str:
-    """The I/O that ``GRPC_EXPERIMENTS`` in ``env`` asks gRPC core for (read when grpc is imported)."""
-    given = {flag.strip() for flag in env.get("GRPC_EXPERIMENTS", "").split(",")}
-    return "iomgr" if set(IOMGR_EXPERIMENTS) <= given else "event-engine"
-
-
-def grpc_io_env(grpc_io: str, env=os.environ) -> dict[str, str]:
-    """A copy of ``env`` whose ``GRPC_EXPERIMENTS`` asks for ``grpc_io`` (other experiments kept)."""
-    flags = [f.strip() for f in env.get("GRPC_EXPERIMENTS", "").split(",")
-             if f.strip() and f.strip() not in IOMGR_EXPERIMENTS]
-    if grpc_io == "iomgr":
-        flags += IOMGR_EXPERIMENTS
-    out = {k: v for k, v in env.items() if k != "GRPC_EXPERIMENTS"}
-    if flags:
-        out["GRPC_EXPERIMENTS"] = ",".join(flags)
-    return out
 
 
 def restart_with_grpc_io(settings: ServerSettings, argv: list[str], *, env=os.environ, execve=os.execve) -> None:

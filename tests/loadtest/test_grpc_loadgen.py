@@ -206,11 +206,14 @@ def test_grpc_io_env_for_a_child_process_keeps_everything_else():
     assert lg.grpc_io_in_effect(base) == "iomgr"
 
 
-def test_the_client_asks_grpc_for_the_same_io_as_the_server():
-    # the load generator keeps its own copy (importing the server module would import grpc)
-    from models.predictor.server import IOMGR_EXPERIMENTS
+def test_the_grpc_io_module_does_not_import_grpc():
+    """Client and server share models.predictor.grpc_io, which must be importable before grpc is."""
+    import subprocess
+    import sys
 
-    assert lg.IOMGR_EXPERIMENTS == IOMGR_EXPERIMENTS
+    code = "import sys, models.predictor.grpc_io, loadtest.grpc_loadgen; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_bad_arguments_exit_with_a_reason(capsys):

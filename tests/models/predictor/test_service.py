@@ -486,7 +486,8 @@ def test_settings_are_checked():
 
 
 def test_serve_restarts_itself_only_when_grpc_io_is_not_in_effect():
-    from models.predictor.server import IOMGR_EXPERIMENTS, ServerSettings, grpc_io_in_effect, restart_with_grpc_io
+    from models.predictor.grpc_io import IOMGR_EXPERIMENTS, grpc_io_in_effect
+    from models.predictor.server import ServerSettings, restart_with_grpc_io
 
     calls = []
 
