@@ -30,6 +30,15 @@ def synthetic(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, (logit > 0).astype(int)
 
 
+def corrupt_version_file(root, version: str, name: str) -> None:
+    """Flip one byte in the middle of a registry version's file (its checksum then fails)."""
+    path = root / "versions" / version / name
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def train_booster(seed: int = 0, rounds: int = 20, depth: int = 4):
     import xgboost as xgb
 

@@ -19,7 +19,7 @@ from models.registry import Registry
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 
-from .conftest import needs_cc, synthetic
+from .conftest import corrupt_version_file, needs_cc, synthetic
 
 NAMES = default_feature_names()
 
@@ -201,21 +201,13 @@ def _point_production_at(registry: Registry, version: str) -> None:
     registry.storage.update("aliases/production.json", change)
 
 
-def _corrupt(root, version: str) -> None:
-    path = root / "versions" / version / "model.ubj"
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.fixture
 def real_registry(tmp_path, booster, other_booster):
     registry = Registry.open(tmp_path)
     versions = {"v1": _register(registry, booster, "v1"), "v2": _register(registry, other_booster, "v2"),
                 "corrupt": _register(registry, booster, "soon corrupt"),
                 "other-spec": _register(registry, booster, "other spec", FeatureSpec(delay_days=3).spec_hash)}
-    _corrupt(tmp_path, versions["corrupt"])
+    corrupt_version_file(tmp_path, versions["corrupt"], "model.ubj")
     return registry, versions
 
 

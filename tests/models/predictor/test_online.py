@@ -20,7 +20,7 @@ from models.registry import Registry
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 
-from .conftest import synthetic
+from .conftest import corrupt_version_file, synthetic
 
 NAMES = default_feature_names()
 SPEC = DEFAULT_SPEC.spec_hash
@@ -279,14 +279,6 @@ def test_an_online_watcher_needs_a_source_with_online_models(booster):
         ModelWatcher(_scorer(booster), FileSource("model.ubj"), alias="staging")
 
 
-def _corrupt_snapshot(root, version: str) -> None:
-    path = root / "versions" / version / "model.pkl"
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def _register_online(registry: Registry, learner: OnlineLearner, spec_hash: str = SPEC) -> str:
     return registry.register_online(learner.snapshot(), {"feature_names": list(NAMES)}, spec_hash=spec_hash)
 
@@ -302,7 +294,7 @@ def test_real_registry_snapshots_are_verified_before_they_serve(tmp_path, booste
         good = _register_online(registry, trained(300))
         outcomes.append(await watcher.check())
         corrupt = _register_online(registry, trained(100))
-        _corrupt_snapshot(tmp_path, corrupt)
+        corrupt_version_file(tmp_path, corrupt, "model.pkl")
         outcomes.append(await watcher.check())
         other = _register_online(registry, trained(100), spec_hash=OTHER_SPEC)
         outcomes.append(await watcher.check())
@@ -382,7 +374,7 @@ def test_bad_snapshots_are_refused_over_grpc_while_the_old_one_serves(serve, reg
     good = _register_online(registry, learner)
     assert server.call(watcher.check()) == "loaded"
     corrupt = _register_online(registry, trained(50))
-    _corrupt_snapshot(tmp_path, corrupt)
+    corrupt_version_file(tmp_path, corrupt, "model.pkl")
     assert server.call(watcher.check()) == "refused"
     _register_online(registry, trained(50), spec_hash=OTHER_SPEC)
     assert server.call(watcher.check()) == "refused"
