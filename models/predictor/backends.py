@@ -7,7 +7,10 @@
   first, sibling nodes side by side) and walked branch-free, level by level, for blocks of
   rows, by a ~40-line C function (compiled once per machine with the system C compiler,
   cached, loaded with ctypes). A few µs for one row, ~1.5 µs per row in batches; the same
-  numbers as XGBoost (float32 sums in tree order; ``test_core.py`` checks ≤ 1e-6). It supports the
+  numbers as XGBoost (float32 sums in tree order; ``test_core.py`` checks ≤ 1e-6).
+  ``predict_values`` scores one row given as floats (a request's repeated field) with one
+  ``struct`` pack and one C call that also checks the values are finite: no numpy, whose calls
+  cost more than the trees for a lone request in the serving process. It supports the
   objectives and tree types used here (gbtree, numerical splits, one output); anything
   else raises :class:`BackendUnavailable`, and ``make_backend(kind="auto")`` falls back to
   XGBoost.
@@ -24,9 +27,11 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -102,6 +107,34 @@ static inline double finish(const model_t *m, float acc) {
     return (double)acc;
 }
 
+/* One row, GROUP trees at once (see below). */
+static inline double score_row(const model_t *m, const double *x) {
+    const node_t *nodes = m->nodes;
+    const int32_t *roots = m->roots, *depths = m->depths;
+    int32_t n_trees = m->n_trees;
+    float acc = m->base_margin;
+    for (int32_t t = 0; t < n_trees; t += GROUP) {
+        int32_t g = n_trees - t < GROUP ? n_trees - t : GROUP;
+        int32_t idx[GROUP], depth = 0;
+        for (int32_t k = 0; k < g; ++k) {
+            idx[k] = roots[t + k];
+            depth = depths[t + k] > depth ? depths[t + k] : depth;
+        }
+        for (int32_t d = 0; d < depth; ++d)
+            for (int32_t k = 0; k < g; ++k) idx[k] = step(nodes, idx[k], x);
+        for (int32_t k = 0; k < g; ++k) acc += nodes[idx[k]].value;  /* tree order */
+    }
+    return finish(m, acc);
+}
+
+/* One request's row, checked: NaN when any of its n_cols values is not finite (the caller
+   then finds which one), else its score, the same number streamscore_predict gives. */
+double streamscore_predict_one(const double *x, int64_t n_cols, const model_t *m) {
+    for (int64_t j = 0; j < n_cols; ++j)
+        if (!isfinite(x[j])) return NAN;
+    return score_row(m, x);
+}
+
 /* XGBoost semantics: x < threshold goes left; NaN follows the default direction; leaf values
    are summed in float32 from the base margin, in tree order; XGBoost's sigmoid in float32.
    Walks are branchless and level-synchronous: a tree is stepped `depth` times (a leaf steps
@@ -112,22 +145,7 @@ void streamscore_predict(const double *X, int64_t n_rows, int64_t n_cols, const 
     const int32_t *roots = m->roots, *depths = m->depths;
     int32_t n_trees = m->n_trees;
     if (n_rows <= SMALL) {
-        for (int64_t r = 0; r < n_rows; ++r) {
-            const double *x = X + r * n_cols;
-            float acc = m->base_margin;
-            for (int32_t t = 0; t < n_trees; t += GROUP) {
-                int32_t g = n_trees - t < GROUP ? n_trees - t : GROUP;
-                int32_t idx[GROUP], depth = 0;
-                for (int32_t k = 0; k < g; ++k) {
-                    idx[k] = roots[t + k];
-                    depth = depths[t + k] > depth ? depths[t + k] : depth;
-                }
-                for (int32_t d = 0; d < depth; ++d)
-                    for (int32_t k = 0; k < g; ++k) idx[k] = step(nodes, idx[k], x);
-                for (int32_t k = 0; k < g; ++k) acc += nodes[idx[k]].value;  /* tree order */
-            }
-            out[r] = finish(m, acc);
-        }
+        for (int64_t r = 0; r < n_rows; ++r) out[r] = score_row(m, X + r * n_cols);
         return;
     }
     float acc[BLOCK];
@@ -209,6 +227,9 @@ def _compile_library() -> ctypes.CDLL:
     fn = library.streamscore_predict
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    one = library.streamscore_predict_one
+    one.restype = ctypes.c_double
+    one.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_void_p]  # bytes in: no copy, no numpy
     _library = library
     return library
 
@@ -249,7 +270,9 @@ class NativeTreesBackend:
         self._base_margin = float(base)
         self.n_features = int(params["num_feature"])
         self._nodes, self._roots, self._depths = self._flatten(trees)
-        self._fn = _compile_library().streamscore_predict
+        library = _compile_library()
+        self._fn, self._one = library.streamscore_predict, library.streamscore_predict_one
+        self._packers: dict[int, Callable[..., bytes]] = {}
         self._struct = _ModelStruct(self._nodes.ctypes.data, self._roots.ctypes.data, self._depths.ctypes.data,
                                     len(self._roots), self._base_margin, self._transform)
         self._model_ptr = ctypes.addressof(self._struct)  # the arrays and the struct live as long as self
@@ -296,6 +319,19 @@ class NativeTreesBackend:
         if n_rows:
             self._fn(_address(X), n_rows, n_cols, self._model_ptr, _address(out))
         return out
+
+
+    def predict_values(self, values: Sequence[float]) -> float:
+        """The score of one row given as a sequence of floats (e.g. a request's repeated field),
+        or NaN when one of the values is not finite: no numpy on this path (one ``struct`` pack
+        and one C call), for lone requests, where numpy's per-call costs outweigh the trees."""
+        n = len(values)
+        pack = self._packers.get(n)
+        if pack is None:
+            if n < self.n_features:
+                raise ValueError(f"expected {self.n_features} values, got {n}")
+            pack = self._packers[n] = struct.Struct(f"={n}d").pack
+        return self._one(pack(*values), n, self._model_ptr)
 
 
 def make_backend(booster, kind: str = "auto") -> Backend:

@@ -1,7 +1,8 @@
 """``streamscore.v1.Scorer``: a thin servicer that converts messages and calls the core.
 
 ``Score`` fails the call on bad input (the status and message come from the core's
-errors). ``ScoreStream`` answers in request order and reports a bad message in that
+errors). A lone unnamed row goes to :meth:`Scorer.score_now` first (native trees: one C call
+on the request's floats, no numpy), and takes the general path when that declines. ``ScoreStream`` answers in request order and reports a bad message in that
 message's response (``error``) without ending the stream; conditions of the server (no model
 loaded yet: UNAVAILABLE, overloaded: RESOURCE_EXHAUSTED) end the call, so clients retry.
 When an online (River) model is loaded, every response also carries ``online_score`` and
@@ -87,6 +88,14 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     @rpc("Score")
     async def Score(self, request, context):
         start = time.perf_counter_ns()
+        if type(request) is not Undecodable and request.HasField("features"):
+            features = request.features
+            if not features.names:  # the usual request: one unnamed row, scored at once without numpy
+                check_deadline(context)
+                scored = self._scorer.score_now(features.values, request.model_name)
+                if scored is not None:
+                    return _Response(transaction_id=request.transaction_id, score=scored[0], model_version=scored[1],
+                                     latency_us=(time.perf_counter_ns() - start) // 1000)
         row = self._row(request)
         check_deadline(context)
         result = self._scorer.dispatch(row)

@@ -84,6 +84,26 @@ def test_xgboost_backend_predicts_with_one_thread(booster):
     assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
+@needs_cc
+def test_native_backend_scores_one_row_of_floats_like_a_matrix(booster):
+    backend = NativeTreesBackend(booster)
+    probe = _probe_rows(400)
+    finite = probe[np.isfinite(probe).all(axis=1)]
+    matrix = backend.predict(finite)
+    one = np.array([backend.predict_values(row.tolist()) for row in finite])
+    assert np.array_equal(one, matrix)  # the same walk: the same numbers
+    assert np.max(np.abs(one - XGBoostBackend(booster).predict(finite))) <= 1e-6
+    from protos.streamscore.v1 import scorer_pb2  # the servicer hands over a request's repeated field
+
+    assert backend.predict_values(scorer_pb2.FeatureVector(values=finite[0]).values) == matrix[0]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        row = finite[0].tolist()
+        row[7] = bad
+        assert np.isnan(backend.predict_values(row))  # refused in C: the caller looks closer
+    with pytest.raises(ValueError, match="expected 15 values"):
+        backend.predict_values([0.0] * 3)
+
+
 # --------------------------------------------------------------------------- scorer
 
 
@@ -95,6 +115,40 @@ def test_score_one_and_many_match_the_booster(make_scorer, booster):
     assert version == "v7" and score == pytest.approx(float(expected[0]), abs=1e-6)
     scores, version = scorer.score_many(X)
     assert version == "v7" and np.allclose(scores, expected, atol=1e-6)
+
+
+def test_score_now_scores_a_lone_row_as_score_one_does(make_scorer):
+    batches = []
+    scorer = make_scorer("v3", on_batch=batches.append)
+    X, _ = synthetic(30, seed=4)
+    for row in X:
+        assert scorer.score_now(row.tolist()) == scorer.score_one(row.tolist())
+    assert scorer.score_now(X[0].tolist(), "production") == scorer.score_now(X[0].tolist(), "")
+    assert batches == [1] * 32  # each one a prediction of one row, as the batcher counts them
+
+
+def test_score_now_leaves_other_requests_to_the_general_path(make_scorer, booster):
+    scorer = make_scorer()
+    row = synthetic(1, seed=4)[0][0].tolist()
+    assert scorer.score_now(row) is not None
+    assert scorer.score_now(row[:14]) is None  # wrong length: features_row says so
+    assert scorer.score_now(row[:4] + [float("nan")] + row[5:]) is None  # not finite: features_row names it
+    assert scorer.score_now(row, "fraud-v9") is None  # another model: resolve says so
+    assert make_scorer(backend="xgboost").score_now(row) is None  # predicted off the loop, batched
+    assert Scorer().score_now(row) is None  # no model yet
+    scorer.batcher._busy = True  # rows are queued: they go first
+    assert scorer.score_now(row) is None
+    scorer.batcher._busy = False
+    from models.online import OnlineLearner
+    from models.predictor.online import OnlineModel
+
+    scorer.swap_online(OnlineModel.from_learner(OnlineLearner(NAMES), "o1"))
+    assert scorer.score_now(row) is None  # online scores come from the batch path
+    scorer.swap_online(None)
+    scorer.swap(Model.from_booster(booster, "v2", NAMES, backend="xgboost"))
+    assert scorer.score_now(row) is None  # the swap took the lone-row path with it
+    scorer.swap(Model.from_booster(booster, "v4", NAMES, backend="native"))
+    assert scorer.score_now(row)[1] == "v4"
 
 
 def test_named_features_are_matched_by_name(make_scorer):

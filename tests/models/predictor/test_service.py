@@ -137,6 +137,10 @@ def test_unexpected_errors_become_internal(serve, make_scorer, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
+    monkeypatch.setattr(scorer, "score_now", broken)  # the lone-row path
+    error = rpc_error(stub(server.target).Score, request())
+    assert error.code() == grpc.StatusCode.INTERNAL and "RuntimeError" in error.details()
+    monkeypatch.setattr(scorer, "score_now", lambda *args: None)  # the general path
     monkeypatch.setattr(scorer, "features_row", broken)
     error = rpc_error(stub(server.target).Score, request())
     assert error.code() == grpc.StatusCode.INTERNAL and "RuntimeError" in error.details()
