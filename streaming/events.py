@@ -292,16 +292,18 @@ def _decode_json(data: bytes) -> Any:
             raise _Invalid(EventError("data", f"data must be a UTF-8 JSON object: malformed JSON ({exc})")) from None
 
 
-def _check_attributes(attributes: Mapping[str, str] | None, event: Event) -> None:
+def _check_attributes(attributes: Mapping[str, str] | None, event: Event, body: Mapping[str, Any]) -> None:
     if not attributes or EVENT_TIME_ATTRIBUTE not in attributes:
         return
     raw = attributes[EVENT_TIME_ATTRIBUTE]
-    expected = f"an RFC 3339 timestamp equal to the event_time field ({format_time(event.event_time)})"
+    if isinstance(raw, str) and raw == body.get("event_time"):  # the same text: the same (valid) time
+        return
     try:
         ok = isinstance(raw, str) and parse_time(raw) == event.event_time
     except ValueError:
         ok = False
     if not ok:
+        expected = f"an RFC 3339 timestamp equal to the event_time field ({format_time(event.event_time)})"
         raise _Invalid(EventError("attributes.event_time", f"attributes.event_time must be {expected}, got {_describe(raw)}"))
 
 
@@ -334,7 +336,7 @@ def parse(
         if not isinstance(body, dict):
             raise _fail("data", f"a JSON object (not {_type_name(body)})", body)
         event = builder(body, unknown_fields)
-        _check_attributes(attributes, event)
+        _check_attributes(attributes, event, body)
         return event
     except _Invalid as invalid:
         return invalid.error

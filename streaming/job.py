@@ -164,6 +164,8 @@ class ReadEvents(beam.PTransform):
             )
             events.append(parsed.events)
             dead.append(parsed[DEAD_LETTER])
+        if len(sources) == 1:  # no labels: a Flatten of one input would only cost the runner a stage
+            return {"events": events[0], "dead_letter": dead[0]}
         return {
             "events": events | "MergeEvents" >> beam.Flatten(),
             "dead_letter": dead | "MergeParseDeadLetters" >> beam.Flatten(),

@@ -2,7 +2,7 @@
 
 Profiling the streaming job on Beam 2.77's local runner (``python -m loadtest.bench_stream``
 with ``BENCH_STREAM_PROFILE``) showed that most of its time went to the runner's own
-bookkeeping, not to the job. :func:`install` removes four such costs; none changes what a
+bookkeeping, not to the job. :func:`install` removes nine such costs and one leak; none changes what a
 pipeline computes, and Dataflow never runs this code (the job calls it only for the local
 runner):
 
@@ -35,6 +35,29 @@ runner):
 6. **Per-element state copies.** Each key's state is copied on first access in a bundle, with
    ``copy.deepcopy`` of its (for a DoFn without timers: empty) timer and global-state dicts.
    Empty ones are now created empty instead of deep-copied; anything else is copied as before.
+7. **Watermark refreshes.** After every task each transform's watermark is recomputed by
+   iterating every element of every pending bundle (Beam's own TODO asks for the minimum to be
+   tracked per bundle). A committed bundle is immutable, so its minimum timestamp is computed
+   once and memoised on it.
+8. **State encoding per element.** A ``ReadModifyWrite`` state value was encoded on every
+   ``write`` and decoded on every ``read`` (for a pickled per-key window state, a pickle round
+   trip per event). Here, as in the portable SDK worker that Dataflow runs (whose state cache
+   hands back the object last written), the value is kept as the object: ``read`` returns what
+   was last written. The first value written per state spec still goes through its coder, so a
+   value the coder cannot encode fails locally as it would on Dataflow. (A DoFn that mutates a
+   value it read without writing it back breaks Beam's contract on either runner.) Beam retries
+   a failed bundle from the committed state; as a failed attempt may have changed committed
+   objects in place, a bundle that fails after it was handed one is not retried: the pipeline
+   fails with the bundle's error (a failure before that is retried as before).
+9. **Empty bundles.** A ParDo's output that got no elements (an idle dead-letter branch) was
+   committed as an empty bundle and scheduled on every consumer, each a task with its own
+   evaluator, DoFn copy and watermark update. Beam's watermark manager already ignores empty
+   bundles ("they do not impact watermarks and should not trigger downstream execution");
+   now the executor does not schedule them either.
+10. **A leak.** Every Pub/Sub pull leaves an empty "unprocessed" bundle that reschedules the
+    reader; it is made pending on the reader's watermark but, being empty, never removed, so
+    the reader's pending set grew by one bundle per pull (20 a second on an idle job) and every
+    refresh walked it. An empty bundle holds no watermark; it is now removed once processed.
 
 :func:`install` is idempotent and checks that each patched Beam internal still has the shape
 it was written for; when one does not (another Beam version), that patch is skipped with a
@@ -69,6 +92,10 @@ class LocalRunnerTuning:
     publisher_cache: bool
     bundle_setup: bool = False
     state_copy: bool = False
+    pending_minimum: bool = False
+    decoded_state: bool = False
+    skip_empty_bundles: bool = False
+    pending_leak: bool = False
 
 
 _LOCK = threading.Lock()
@@ -91,7 +118,9 @@ def install(pull_size: int = 100, pull_deadline: float = 30.0, *, idle_sleep: fl
         _PULL.update(size=pull_size, deadline=pull_deadline, idle_sleep=idle_sleep, idle_after=idle_after)
         for name, patch in (("dofn_specs", _memoise_dofn_specs), ("timer_scan", _skip_timerless_scans),
                             ("pull", _patch_pull), ("publisher_cache", _cache_publishers),
-                            ("bundle_setup", _cheap_bundle_setup), ("state_copy", _fast_state_copy)):
+                            ("bundle_setup", _cheap_bundle_setup), ("state_copy", _fast_state_copy),
+                            ("pending_minimum", _cache_pending_minimum), ("decoded_state", _keep_state_decoded),
+                            ("skip_empty_bundles", _skip_empty_bundles), ("pending_leak", _drop_empty_pending)):
             if name not in _INSTALLED:
                 try:
                     _INSTALLED[name] = patch()
@@ -102,7 +131,9 @@ def install(pull_size: int = 100, pull_deadline: float = 30.0, *, idle_sleep: fl
         return LocalRunnerTuning(bool(_INSTALLED["dofn_specs"]), bool(_INSTALLED["timer_scan"]),
                                  pull_size if pulled else None, pull_deadline if pulled else None,
                                  bool(_INSTALLED["publisher_cache"]), bool(_INSTALLED["bundle_setup"]),
-                                 bool(_INSTALLED["state_copy"]))
+                                 bool(_INSTALLED["state_copy"]), bool(_INSTALLED["pending_minimum"]),
+                                 bool(_INSTALLED["decoded_state"]), bool(_INSTALLED["skip_empty_bundles"]),
+                                 bool(_INSTALLED["pending_leak"]))
 
 
 # --------------------------------------------------------------------------- 1. DoFn specs
@@ -358,5 +389,217 @@ def _fast_state_copy():
         return cloned
 
     cls.copy = copy
+    cls._streamscore_patched = True
+    return True
+
+
+# --------------------------------------------------------------------------- 7. pending minimum
+
+
+def bundle_minimum(bundle):
+    """``(has elements, minimum element timestamp)`` of a bundle; memoised once it is committed."""
+    cached = getattr(bundle, "_streamscore_minimum", None)
+    if cached is not None:
+        return cached
+    from apache_beam.runners.direct.watermark_manager import WatermarkManager
+
+    has, low = False, WatermarkManager.WATERMARK_POS_INF
+    for wv in bundle.get_elements_iterable():
+        has = True
+        if wv.timestamp < low:
+            low = wv.timestamp
+    if bundle._committed:  # immutable from now on
+        bundle._streamscore_minimum = (has, low)
+    return has, low
+
+
+def _cache_pending_minimum():
+    from apache_beam.runners.direct import watermark_manager
+    from apache_beam.runners.direct.bundle_factory import _Bundle
+
+    cls = watermark_manager._TransformWatermarks
+    if getattr(cls, "_streamscore_minimum_patched", False):
+        return True
+    for name in ("_pending", "_input_transform_watermarks", "_input_watermark", "_output_watermark",
+                 "_keyed_earliest_holds", "_lock"):
+        if name not in cls.refresh.__code__.co_names:
+            raise AttributeError(f"_TransformWatermarks.refresh no longer uses {name}")
+    if "_committed" not in _Bundle.__init__.__code__.co_names:
+        raise AttributeError("_Bundle has no _committed flag")
+    manager = watermark_manager.WatermarkManager
+    granularity = watermark_manager.TIME_GRANULARITY
+
+    def refresh(self) -> bool:  # Beam's refresh, with each pending bundle's minimum computed once
+        with self._lock:
+            min_pending_timestamp = manager.WATERMARK_POS_INF
+            has_pending_elements = False
+            for input_bundle in self._pending:
+                has, low = bundle_minimum(input_bundle)
+                if has:
+                    has_pending_elements = True
+                    if low < min_pending_timestamp:
+                        min_pending_timestamp = low
+            pending_holder = manager.WATERMARK_POS_INF
+            if has_pending_elements:
+                pending_holder = min_pending_timestamp - granularity
+            input_watermarks = [tw.output_watermark for tw in self._input_transform_watermarks]
+            input_watermarks.append(manager.WATERMARK_POS_INF)
+            producer_watermark = min(input_watermarks)
+            self._input_watermark = max(self._input_watermark, min(pending_holder, producer_watermark))
+            earliest_hold = manager.WATERMARK_POS_INF
+            for hold in self._keyed_earliest_holds.values():
+                if hold < earliest_hold:
+                    earliest_hold = hold
+            new_output_watermark = min(self._input_watermark, earliest_hold)
+            advanced = new_output_watermark > self._output_watermark
+            self._output_watermark = new_output_watermark
+            return advanced
+
+    refresh.__wrapped__ = cls.refresh
+    cls.refresh = refresh
+    cls._streamscore_minimum_patched = True
+    return True
+
+
+# --------------------------------------------------------------------------- 8. decoded state values
+
+
+class DecodedValue:
+    """A ReadModifyWrite state value kept as the object itself (patch 8)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _keep_state_decoded():
+    from apache_beam.runners.direct import direct_userstate
+
+    cls = direct_userstate.ReadModifyWriteRuntimeState
+    if getattr(cls, "_streamscore_patched", False):
+        return True
+    original_read, original_write = cls.read, cls.write
+    for name in ("_value", "_cleared", "_modified", "_current_value_accessor"):
+        if name not in original_read.__code__.co_names + original_write.__code__.co_names \
+                + cls.__init__.__code__.co_names + direct_userstate.DirectRuntimeState.__init__.__code__.co_names:
+            raise AttributeError(f"ReadModifyWriteRuntimeState no longer uses {name}")
+    checked: set = set()  # state specs whose coder was exercised once
+
+    def read(self):
+        if self._cleared:
+            return None
+        if self._value is direct_userstate.UNREAD_VALUE:
+            self._value = self._current_value_accessor()
+        if not self._value:
+            return None
+        stored = self._value[0]
+        if type(stored) is DecodedValue:
+            if stored is not self._streamscore_written:  # committed by an earlier bundle: lent to this one
+                _ATTEMPT.lent = True
+            return stored.value
+        return self._decode(stored)
+
+    def write(self, value):
+        spec = self._state_spec
+        if spec not in checked:  # the coder must still handle the value, as it must on Dataflow
+            self._decode(self._encode(value))
+            checked.add(spec)
+        self._cleared = False
+        self._modified = True
+        self._streamscore_written = DecodedValue(value)
+        self._value = [self._streamscore_written]
+
+    read.__wrapped__, write.__wrapped__ = original_read, original_write
+    cls.read, cls.write = read, write
+    cls._streamscore_written = None
+    cls._streamscore_patched = True
+    _no_retry_after_lending()
+    return True
+
+
+_ATTEMPT = threading.local()  # .lent: the running bundle attempt was handed a committed state object
+
+
+def _no_retry_after_lending():
+    """A bundle that failed after it was handed committed state objects is not retried.
+
+    Beam's local runner retries a failed bundle up to 4 times, from the state as committed. With
+    patch 8 the failed attempt may have changed those objects in place, so a retry could see
+    half of its own work (e.g. report its transactions as duplicates). Such a bundle fails the
+    pipeline at once, with its error, instead of being retried from a state that is not the one
+    committed. A failure before any state object was handed out is retried as before.
+    """
+    from apache_beam.runners.direct import executor
+
+    cls = executor.TransformExecutor
+    if getattr(cls, "_streamscore_patched", False):
+        return
+    original = cls.attempt_call
+    if "_max_retries_per_bundle" not in cls.call.__code__.co_names or "_retry_count" not in cls.call.__code__.co_names:
+        raise AttributeError("TransformExecutor.call no longer retries with _retry_count/_max_retries_per_bundle")
+
+    def attempt_call(self, *args, **kwargs):
+        _ATTEMPT.lent = False
+        try:
+            return original(self, *args, **kwargs)
+        except Exception:
+            if getattr(_ATTEMPT, "lent", False):
+                log.error("bundle of %s failed after changing its state in place; not retried (local runner "
+                          "tuning, decoded state): the pipeline fails with this error", self._applied_ptransform)
+                self._retry_count = self._max_retries_per_bundle - 1  # call() counts this attempt and gives up
+            raise
+        finally:
+            _ATTEMPT.lent = False
+
+    attempt_call.__wrapped__ = original
+    cls.attempt_call = attempt_call
+    cls._streamscore_patched = True
+
+
+# --------------------------------------------------------------------------- 9. empty bundles
+
+
+def _skip_empty_bundles():
+    from apache_beam.runners.direct import executor, watermark_manager
+
+    cls = executor._ExecutorServiceParallelExecutor
+    if getattr(cls, "_streamscore_patched", False):
+        return True
+    original = cls.schedule_consumers
+    if "has_elements" not in watermark_manager.WatermarkManager._update_pending.__code__.co_names:
+        raise AttributeError("the watermark manager no longer filters empty bundles")
+
+    def schedule_consumers(self, committed_bundle):
+        if not committed_bundle.has_elements():  # never made pending either: nothing waits for it
+            return
+        original(self, committed_bundle)
+
+    schedule_consumers.__wrapped__ = original
+    cls.schedule_consumers = schedule_consumers
+    cls._streamscore_patched = True
+    return True
+
+
+# --------------------------------------------------------------------------- 10. pending leak
+
+
+def _drop_empty_pending():
+    from apache_beam.runners.direct import watermark_manager
+
+    cls = watermark_manager.WatermarkManager
+    if getattr(cls, "_streamscore_patched", False):
+        return True
+    original = cls._update_pending
+    if "remove_pending" not in original.__code__.co_names or "_transform_to_watermarks" not in original.__code__.co_names:
+        raise AttributeError("WatermarkManager._update_pending changed")
+
+    def _update_pending(self, input_committed_bundle, applied_ptransform, *args, **kwargs):
+        original(self, input_committed_bundle, applied_ptransform, *args, **kwargs)
+        if input_committed_bundle is not None and not input_committed_bundle.has_elements():
+            self._transform_to_watermarks[applied_ptransform].remove_pending(input_committed_bundle)
+
+    _update_pending.__wrapped__ = original
+    cls._update_pending = _update_pending
     cls._streamscore_patched = True
     return True

@@ -138,6 +138,9 @@ class TerminalStateFn(beam.DoFn):
         return FeatureStore(int(self.keep_examples_days * DAY_NS)) if store is None else store
 
     def process(self, element, state=beam.DoFn.StateParam(STATE), scored=beam.DoFn.StateParam(SCORED)):
+        return self._process(element, state, scored)
+
+    def _process(self, element, state, scored):
         _, value = element
         current = state.read()
         if current is None:  # not `or`: a state holding only pending labels has len() == 0
@@ -179,6 +182,21 @@ class TerminalStateFn(beam.DoFn):
         yield featured if self.emit is None else self.emit(featured)
 
 
+class TerminalFeaturesFn(TerminalStateFn):
+    """:class:`TerminalStateFn` without ``keep_examples_days``: it declares only the terminal state.
+
+    A runner sets up every declared state for every element, used or not (on the local runner
+    each costs a lookup and a commit per key), so the features-only job does not declare the store.
+    """
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
+                 emit: Callable[[FeaturedTransaction], Any] | None = None):
+        super().__init__(spec, allowed_lateness_days, None, emit)
+
+    def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
+        return self._process(element, state, None)
+
+
 class StreamFeatures(beam.PTransform):
     """Transactions and labels in; ``{"features": FeaturedTransaction, "dead_letter": DeadLetter}`` out.
 
@@ -212,7 +230,8 @@ class StreamFeatures(beam.PTransform):
         terminal = (
             customer.main
             | TerminalStateFn.__name__ >> beam.ParDo(
-                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days, self.emit))
+                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days, self.emit)
+                if self.keep_examples_days else TerminalFeaturesFn(self.spec, self.allowed_lateness_days, self.emit))
             .with_output_types(FeaturedTransaction if self.emit is None else Any)
             .with_outputs(DEAD_LETTER, EXAMPLES, main="main")
         )

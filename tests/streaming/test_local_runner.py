@@ -18,7 +18,7 @@ from apache_beam.transforms.window import TimestampedValue
 from streaming import local_runner
 from streaming.beam_testing import Collect
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.features.stream import CustomerStateFn, TerminalStateFn
+from streaming.features.stream import CustomerStateFn, TerminalFeaturesFn, TerminalStateFn
 from streaming.learning import LearnerFn
 from streaming.scoring import ScoreFn
 
@@ -57,7 +57,7 @@ def _original_specs(dofn):
 
 
 def test_install_reports_every_patch(tuned):
-    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 30.0, True, True, True)
+    assert tuned == local_runner.LocalRunnerTuning(True, True, 100, 30.0, True, True, True, True, True, True, True)
     assert local_runner.install(50, 0.5).pull_size == 50  # idempotent; pull settings may change
     local_runner.install()
     with pytest.raises(ValueError, match="pull_size must be >= 1"):
@@ -68,9 +68,10 @@ def test_install_reports_every_patch(tuned):
 
 @pytest.mark.parametrize("make", [
     lambda: CustomerStateFn(DEFAULT_SPEC), lambda: TerminalStateFn(DEFAULT_SPEC, keep_examples_days=8.0),
+    lambda: TerminalFeaturesFn(DEFAULT_SPEC),
     lambda: ScoreFn("localhost:1", DEFAULT_SPEC), lambda: LearnerFn("/tmp/r", DEFAULT_SPEC, None), TimerFn,
     HoldsBoundMethodFn, lambda: beam.Map(lambda x: x).dofn, lambda: beam.ParDo(TimerFn()).dofn,
-], ids=["customer", "terminal", "score", "learner", "timer", "bound-method", "map", "pardo-timer"])
+], ids=["customer", "terminal", "terminal-features", "score", "learner", "timer", "bound-method", "map", "pardo-timer"])
 def test_memoised_specs_equal_beams_answer(make):
     first, second = make(), make()
     expected = _original_specs(first)
@@ -230,3 +231,190 @@ def test_state_copies_are_independent_and_equal_to_beams():
     state.set_timer("w", "t", Domain.WATERMARK, 5)
     slow = state.copy()  # with timers: Beam's own copy, deep
     assert slow.timers == state.timers and slow.timers is not state.timers
+
+
+def _committed_bundle(timestamps, commit=True):
+    from apache_beam.runners.direct.bundle_factory import BundleFactory
+    from apache_beam.transforms.window import GlobalWindows
+
+    bundle = BundleFactory(stacked=True).create_bundle(beam.pvalue.PBegin(beam.Pipeline()))
+    for i, t in enumerate(timestamps):
+        bundle.add(GlobalWindows.windowed_value(i, timestamp=t))
+    if commit:
+        bundle.commit(None)
+    return bundle
+
+
+def test_pending_minimum_is_the_minimum_and_memoised_only_once_committed():
+    from apache_beam.runners.direct.watermark_manager import WatermarkManager
+    from apache_beam.utils.timestamp import Timestamp
+
+    bundle = _committed_bundle([5, 3, 3, 9])
+    assert local_runner.bundle_minimum(bundle) == (True, Timestamp(3))
+    assert bundle._streamscore_minimum == (True, Timestamp(3))
+    assert local_runner.bundle_minimum(_committed_bundle([])) == (False, WatermarkManager.WATERMARK_POS_INF)
+    open_bundle = _committed_bundle([7], commit=False)
+    assert local_runner.bundle_minimum(open_bundle) == (True, Timestamp(7))
+    open_bundle.add(beam.transforms.window.GlobalWindows.windowed_value(0, timestamp=1))
+    assert local_runner.bundle_minimum(open_bundle) == (True, Timestamp(1))  # not memoised while it can change
+
+
+@pytest.mark.parametrize("pending", [[], [[4, 2]], [[4, 2], [8], []]], ids=["none", "one", "several"])
+def test_watermark_refresh_equals_beams(pending):
+    from apache_beam.runners.direct.clock import RealClock
+    from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
+
+    results = []
+    for refresh in (_TransformWatermarks.refresh, _TransformWatermarks.refresh.__wrapped__):
+        upstream = _TransformWatermarks(RealClock(), {}, "upstream")
+        upstream._output_watermark = beam.utils.timestamp.Timestamp(6)
+        tw = _TransformWatermarks(RealClock(), {}, "t")
+        tw.update_input_transform_watermarks([upstream])
+        for timestamps in pending:
+            tw.add_pending(_committed_bundle(timestamps))
+        tw.hold({"k": beam.utils.timestamp.Timestamp(5)})
+        results.append((refresh(tw), tw._input_watermark, tw._output_watermark, refresh(tw)))
+    assert results[0] == results[1]
+
+
+class ListStateFn(beam.DoFn):
+    """Keeps a list per key in state (a mutable value) and emits the list so far."""
+
+    SEEN = ReadModifyWriteStateSpec("seen", beam.coders.PickleCoder())
+
+    def process(self, element, seen=beam.DoFn.StateParam(SEEN)):
+        key, value = element
+        values = seen.read() or []
+        values.append(value)
+        seen.write(values)
+        yield key, tuple(values)
+
+
+def test_state_values_are_kept_decoded_and_results_are_unchanged():
+    stream = (BeamTestStream()
+              .add_elements([TimestampedValue(("a", 1), 1), TimestampedValue(("b", 2), 2), TimestampedValue(("a", 3), 3)])
+              .advance_watermark_to(10)
+              .add_elements([TimestampedValue(("a", 4), 11), TimestampedValue(("b", 5), 12)])
+              .advance_watermark_to_infinity())
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    out = Collect("CollectLists")
+    with beam.Pipeline(options=options) as p:
+        _ = p | stream | beam.ParDo(ListStateFn()) | out
+    assert sorted(out.results()) == [("a", (1,)), ("a", (1, 3)), ("a", (1, 3, 4)), ("b", (2,)), ("b", (2, 5))]
+
+
+def test_decoded_state_returns_the_written_object_and_still_checks_the_coder():
+    from apache_beam.runners.direct import direct_userstate
+
+    def runtime(spec, stored):
+        return direct_userstate.ReadModifyWriteRuntimeState(spec, None, lambda: stored)
+
+    spec = ReadModifyWriteStateSpec("fresh", beam.coders.PickleCoder())
+    state = runtime(spec, [])
+    assert state.read() is None
+    value = {"n": [1]}
+    state.write(value)
+    assert state.read() is value and state.is_modified()
+    assert type(state._value[0]) is local_runner.DecodedValue  # what commit stores: no encoding per element
+    encoded = runtime(spec, [beam.coders.PickleCoder().encode({"n": [2]})])  # stored by an untuned runner
+    assert encoded.read() == {"n": [2]}
+    bad = runtime(ReadModifyWriteStateSpec("ints", VarIntCoder()), [])
+    with pytest.raises(TypeError):  # the first value written per spec still goes through its coder
+        bad.write("not an int")
+
+
+def test_empty_bundles_are_not_scheduled():
+    from apache_beam.runners.direct import executor
+
+    scheduled = []
+    fake = types.SimpleNamespace(value_to_consumers=None, default_completion_callback=None,
+                                 schedule_consumption=lambda t, bundle, timers, cb: scheduled.append((t, bundle)))
+    full, empty = _committed_bundle([1]), _committed_bundle([])
+    fake.value_to_consumers = {full.pcollection: ["consumer"]}
+    executor._ExecutorServiceParallelExecutor.schedule_consumers(fake, empty)
+    assert scheduled == []  # Beam's own watermark manager never makes an empty bundle pending either
+    executor._ExecutorServiceParallelExecutor.schedule_consumers(fake, full)
+    assert scheduled == [("consumer", full)]
+
+
+def test_outputs_flow_when_a_branch_is_empty_in_most_bundles():
+    stream = (BeamTestStream().add_elements([TimestampedValue(1, 1), TimestampedValue(2, 2)])
+              .advance_watermark_to(5).add_elements([TimestampedValue(3, 6)]).advance_watermark_to_infinity())
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    main, dead = Collect("CollectMain"), Collect("CollectDead")
+    with beam.Pipeline(options=options) as p:
+        split = p | stream | beam.Map(lambda x: beam.pvalue.TaggedOutput("dead", x) if x == 2 else x).with_outputs(
+            "dead", main="main")
+        _ = split.main | "Double" >> beam.Map(lambda x: 2 * x) | main
+        _ = (split.dead, split.main) | beam.Flatten() | "Keep" >> beam.Map(lambda x: -x) | dead
+    assert sorted(main.results()) == [2, 6] and sorted(dead.results()) == [-3, -2, -1]
+
+
+def test_processed_empty_bundles_leave_the_pending_set():
+    """Beam adds each read's empty 'unprocessed' bundle to the reader's pending set and never removed it."""
+    from apache_beam.runners.direct.clock import RealClock
+    from apache_beam.runners.direct.watermark_manager import WatermarkManager
+
+    from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
+
+    root = "reader"  # stands in for the AppliedPTransform (only used as a key here)
+    manager = WatermarkManager.__new__(WatermarkManager)
+    tw = _TransformWatermarks(RealClock(), {}, root)
+    manager._transform_to_watermarks, manager._root_transforms, manager._value_to_consumers = {root: tw}, {root}, {}
+    previous = None
+    for _ in range(5):  # five pulls: each processes the last unprocessed bundle and leaves a new one
+        unprocessed = _committed_bundle([])
+        manager._update_pending(previous, root, [], [], [unprocessed])
+        previous = unprocessed
+    assert tw._pending == {previous}
+    kept = _committed_bundle([3])  # a bundle with elements is removed as before, only once processed
+    manager._update_pending(previous, root, [], [], [kept])
+    assert tw._pending == {kept}
+
+
+class FailOnceFn(beam.DoFn):
+    """Counts per key in a mutable state value; the first attempt at element ``fail_at`` raises."""
+
+    SEEN = ReadModifyWriteStateSpec("seen", beam.coders.PickleCoder())
+    failures = []
+
+    def __init__(self, fail_at, before_state):
+        self.fail_at, self.before_state = fail_at, before_state
+
+    def process(self, element, seen=beam.DoFn.StateParam(SEEN)):
+        key, value = element
+        if self.before_state and value == self.fail_at and not FailOnceFn.failures:
+            FailOnceFn.failures.append(value)
+            raise RuntimeError("transient")
+        counts = seen.read() or {"n": 0}
+        counts["n"] += 1  # in place: the committed object itself, with decoded state
+        if not self.before_state and value == self.fail_at and not FailOnceFn.failures:
+            FailOnceFn.failures.append(value)
+            raise RuntimeError("transient")
+        seen.write(counts)
+        yield key, counts["n"]
+
+
+def _run_fail_once(fail_at, before_state):
+    FailOnceFn.failures.clear()
+    stream = (BeamTestStream().add_elements([TimestampedValue(("a", 1), 1)]).advance_watermark_to(5)
+              .add_elements([TimestampedValue(("a", 2), 6)]).advance_watermark_to_infinity())
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    out = Collect(f"CollectFailOnce{fail_at}{before_state}")
+    with beam.Pipeline(options=options) as p:
+        _ = p | stream | beam.ParDo(FailOnceFn(fail_at, before_state)) | out
+    return sorted(out.results())
+
+
+def test_a_bundle_failing_before_it_touched_committed_state_is_retried():
+    assert _run_fail_once(2, before_state=True) == [("a", 1), ("a", 2)]
+    assert FailOnceFn.failures == [2]
+
+
+def test_a_bundle_failing_after_changing_committed_state_in_place_fails_the_pipeline():
+    """Retrying it would count element 2 twice ("a", 3): it fails with its error instead."""
+    with pytest.raises(Exception, match="transient"):
+        _run_fail_once(2, before_state=False)
