@@ -39,7 +39,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from models.predictor import kserve, service
 from models.predictor.backends import BACKENDS
@@ -224,6 +224,24 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
 
 
+class GenericOnly:
+    """A server as generated ``add_*Servicer_to_server`` functions see it, that takes their
+    handlers as generic handlers only, not also as registered methods. grpc.aio keeps one
+    pending accept per registered method and waits on all of them (``asyncio.wait``) for every
+    call it accepts, so each registered method costs every call, ours too, ~1.4 µs (measured:
+    12.3 µs per accept with one pending future, 17.8 with five). Health and reflection are
+    called rarely; served generically, they cost those calls a dictionary lookup instead."""
+
+    def __init__(self, server: grpc.aio.Server):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers) -> None:
+        pass  # the same handlers came through add_generic_rpc_handlers
+
+
 def safe_deserializer(message_class):
     """``FromString`` that returns :class:`Undecodable` instead of raising on bad bytes."""
     parse, type_name = message_class.FromString, message_class.DESCRIPTOR.full_name
@@ -302,8 +320,10 @@ class PredictorServer:
         server.add_generic_rpc_handlers((
             service_handler(service.ScorerService(self.scorer, self.telemetry), service.SERVICE_NAME),
             service_handler(kserve.InferenceService(self.scorer, self.telemetry), kserve.SERVICE_NAME)))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*SERVED, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        generic = GenericOnly(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, generic)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*SERVED, HEALTH_SERVICE, reflection.SERVICE_NAME)), generic)
         address = f"{s.host}:{s.port}"
         if s.tls_cert is not None:
             credentials = grpc.ssl_server_credentials([(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())])

@@ -294,6 +294,27 @@ def test_reflection_lists_the_services(serve, make_scorer):
     assert response.file_descriptor_response.file_descriptor_proto
 
 
+def test_health_and_reflection_are_served_as_generic_handlers_only():
+    # Each registered method would add a pending accept that grpc.aio waits on for every call.
+    from grpc_health.v1 import health
+
+    from models.predictor.server import GenericOnly
+
+    class Recording:
+        def __init__(self):
+            self.generic, self.registered = [], []
+
+        def add_generic_rpc_handlers(self, handlers):
+            self.generic += handlers
+
+        def add_registered_method_handlers(self, name, handlers):
+            self.registered.append(name)
+
+    server = Recording()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), GenericOnly(server))
+    assert server.registered == [] and [h.service_name() for h in server.generic] == ["grpc.health.v1.Health"]
+
+
 # --------------------------------------------------------------------------- operations
 
 
