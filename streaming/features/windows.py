@@ -246,6 +246,8 @@ def _spec_from_fields(customer_windows, terminal_windows, delay_days, extra=()) 
 
 
 def _time_ns(value) -> int:
+    if type(value) is int:  # the common case, without the (slow) abstract-class check below
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"time_ns must be an integer number of nanoseconds since the epoch (UTC), got {value!r}")
     return int(value)
