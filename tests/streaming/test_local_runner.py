@@ -8,19 +8,36 @@ import types
 import apache_beam as beam
 import pytest
 from apache_beam.coders import VarIntCoder
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import TimestampedValue
 
 from streaming import local_runner
-from streaming.beam_testing import Collect
+from streaming.beam_testing import replay
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, TerminalFeaturesFn, TerminalStateFn
 from streaming.learning import LearnerFn
 from streaming.scoring import ScoreFn
+
+
+class _Outputs(beam.PTransform):
+    """``transforms`` (name -> a function of the input PCollection) as the dict of outputs ``replay`` collects."""
+
+    def __init__(self, **transforms):
+        super().__init__()
+        self.transforms = transforms
+
+    def expand(self, pcoll):
+        return {name: make(pcoll) for name, make in self.transforms.items()}
+
+
+def _at(element) -> float:
+    """Test elements are ``(key, t)`` pairs or plain numbers ``t``: their event time in seconds."""
+    return float(element[1] if isinstance(element, tuple) else element)
+
+
+def _run_pardo(batches, dofn) -> list:
+    return sorted(replay(batches, _Outputs(main=lambda p: p | beam.ParDo(dofn)), _at)["main"])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,17 +125,7 @@ def test_invalid_dofn_still_raises_every_time():
 
 def test_timers_still_fire_on_the_tuned_runner():
     """The timer scan is skipped only for DoFns without timers: a DoFn with one still fires."""
-    stream = (BeamTestStream()
-              .add_elements([TimestampedValue(("a", 1), 1), TimestampedValue(("b", 1), 2), TimestampedValue(("a", 1), 3)])
-              .advance_watermark_to(50)
-              .add_elements([TimestampedValue(("a", 1), 60)])
-              .advance_watermark_to_infinity())
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    out = Collect("CollectTimers")
-    with beam.Pipeline(options=options) as p:
-        _ = p | stream | beam.ParDo(TimerFn()) | out
-    assert sorted(out.results()) == [("a", 3), ("b", 1)]
+    assert _run_pardo([[("a", 1), ("b", 2), ("a", 3)], [("a", 60)]], TimerFn()) == [("a", 3), ("b", 1)]
 
 
 class _FakeSubscriber:
@@ -291,17 +298,8 @@ class ListStateFn(beam.DoFn):
 
 
 def test_state_values_are_kept_decoded_and_results_are_unchanged():
-    stream = (BeamTestStream()
-              .add_elements([TimestampedValue(("a", 1), 1), TimestampedValue(("b", 2), 2), TimestampedValue(("a", 3), 3)])
-              .advance_watermark_to(10)
-              .add_elements([TimestampedValue(("a", 4), 11), TimestampedValue(("b", 5), 12)])
-              .advance_watermark_to_infinity())
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    out = Collect("CollectLists")
-    with beam.Pipeline(options=options) as p:
-        _ = p | stream | beam.ParDo(ListStateFn()) | out
-    assert sorted(out.results()) == [("a", (1,)), ("a", (1, 3)), ("a", (1, 3, 4)), ("b", (2,)), ("b", (2, 5))]
+    assert _run_pardo([[("a", 1), ("b", 2), ("a", 3)], [("a", 4), ("b", 5)]], ListStateFn()) == [
+        ("a", (1,)), ("a", (1, 3)), ("a", (1, 3, 4)), ("b", (2,)), ("b", (2, 5))]
 
 
 def test_decoded_state_returns_the_written_object_and_still_checks_the_coder():
@@ -338,18 +336,19 @@ def test_empty_bundles_are_not_scheduled():
     assert scheduled == [("consumer", full)]
 
 
-def test_outputs_flow_when_a_branch_is_empty_in_most_bundles():
-    stream = (BeamTestStream().add_elements([TimestampedValue(1, 1), TimestampedValue(2, 2)])
-              .advance_watermark_to(5).add_elements([TimestampedValue(3, 6)]).advance_watermark_to_infinity())
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    main, dead = Collect("CollectMain"), Collect("CollectDead")
-    with beam.Pipeline(options=options) as p:
-        split = p | stream | beam.Map(lambda x: beam.pvalue.TaggedOutput("dead", x) if x == 2 else x).with_outputs(
+class _SplitDead(beam.PTransform):
+    """2 goes to a ``dead`` branch (empty in most bundles) that also sees the main output."""
+
+    def expand(self, pcoll):
+        split = pcoll | beam.Map(lambda x: beam.pvalue.TaggedOutput("dead", x) if x == 2 else x).with_outputs(
             "dead", main="main")
-        _ = split.main | "Double" >> beam.Map(lambda x: 2 * x) | main
-        _ = (split.dead, split.main) | beam.Flatten() | "Keep" >> beam.Map(lambda x: -x) | dead
-    assert sorted(main.results()) == [2, 6] and sorted(dead.results()) == [-3, -2, -1]
+        return {"main": split.main | "Double" >> beam.Map(lambda x: 2 * x),
+                "dead": (split.dead, split.main) | beam.Flatten() | "Keep" >> beam.Map(lambda x: -x)}
+
+
+def test_outputs_flow_when_a_branch_is_empty_in_most_bundles():
+    out = replay([[1, 2], [3]], _SplitDead(), _at)
+    assert sorted(out["main"]) == [2, 6] and sorted(out["dead"]) == [-3, -2, -1]
 
 
 def test_processed_empty_bundles_leave_the_pending_set():
@@ -399,14 +398,7 @@ class FailOnceFn(beam.DoFn):
 
 def _run_fail_once(fail_at, before_state):
     FailOnceFn.failures.clear()
-    stream = (BeamTestStream().add_elements([TimestampedValue(("a", 1), 1)]).advance_watermark_to(5)
-              .add_elements([TimestampedValue(("a", 2), 6)]).advance_watermark_to_infinity())
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    out = Collect(f"CollectFailOnce{fail_at}{before_state}")
-    with beam.Pipeline(options=options) as p:
-        _ = p | stream | beam.ParDo(FailOnceFn(fail_at, before_state)) | out
-    return sorted(out.results())
+    return _run_pardo([[("a", 1)], [("a", 2)]], FailOnceFn(fail_at, before_state))
 
 
 def test_a_bundle_failing_before_it_touched_committed_state_is_retried():
