@@ -510,11 +510,11 @@ def _keep_state_decoded():
         self._streamscore_written = DecodedValue(value)
         self._value = [self._streamscore_written]
 
+    _no_retry_after_lending()  # first: when it cannot be installed (raises), state stays encoded as Beam ships it
     read.__wrapped__, write.__wrapped__ = original_read, original_write
     cls.read, cls.write = read, write
     cls._streamscore_written = None
     cls._streamscore_patched = True
-    _no_retry_after_lending()
     return True
 
 

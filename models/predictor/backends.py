@@ -320,7 +320,6 @@ class NativeTreesBackend:
             self._fn(_address(X), n_rows, n_cols, self._model_ptr, _address(out))
         return out
 
-
     def predict_values(self, values: Sequence[float]) -> float:
         """The score of one row given as a sequence of floats (e.g. a request's repeated field),
         or NaN when one of the values is not finite: no numpy on this path (one ``struct`` pack
