@@ -48,6 +48,19 @@ RETRYABLE = frozenset({
 _CHANNELS: dict[tuple, grpc.Channel] = {}
 _LOCK = threading.Lock()
 
+#: For a ``dns:///`` target (e.g. a Kubernetes headless Service, one A record per predictor pod):
+#: spread calls over every resolved address instead of gRPC's default pick_first (one pod per channel).
+ROUND_ROBIN_SERVICE_CONFIG = '{"loadBalancingConfig": [{"round_robin": {}}]}'
+
+
+def channel_options(target: str) -> list[tuple[str, object]]:
+    """The channel options for ``target``; ``dns:`` and address-list (``ipv4:``/``ipv6:``) targets balance per call."""
+    options: list[tuple[str, object]] = [
+        ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
+        options.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
+    return options
+
 
 def channel_for(target: str, token: str | None = None) -> grpc.Channel:
     """The process-wide channel to ``target`` (created once, reused across bundles)."""
@@ -55,8 +68,7 @@ def channel_for(target: str, token: str | None = None) -> grpc.Channel:
     with _LOCK:
         channel = _CHANNELS.get(key)
         if channel is None:
-            channel = grpc.insecure_channel(target, options=[
-                ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+            channel = grpc.insecure_channel(target, options=channel_options(target))
             _CHANNELS[key] = channel
         return channel
 

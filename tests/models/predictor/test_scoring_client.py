@@ -64,3 +64,23 @@ def test_a_refused_call_gives_every_row_the_reason(serve, make_scorer):
     assert all(s.error.startswith(f"predictor refused the batch: {grpc.StatusCode.UNAUTHENTICATED.name}") for s in got)
     ok = ScoringClient(server.target, token="secret").score_many(rows(3))
     assert all(s.error is None for s in ok)
+
+
+def test_an_address_list_target_spreads_calls_over_every_predictor(serve, make_scorer):
+    # The job's channel to a headless Service (``dns:///predictor:50051``, one address per pod)
+    # balances per call like this static list of two; gRPC's default pick_first would send all to one.
+    first, second = serve(make_scorer("a")), serve(make_scorer("b"))
+    client = ScoringClient(f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}")
+    seen = [client.score_many(rows(1))[0].model_version for _ in range(200)]
+    assert set(seen) == {"a", "b"}
+
+
+def test_only_multi_address_targets_get_round_robin():
+    from streaming.scoring import ROUND_ROBIN_SERVICE_CONFIG, channel_options
+
+    def balanced(target):
+        return ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG) in channel_options(target)
+
+    assert balanced("dns:///predictor.streamscore.svc.cluster.local:50051")
+    assert balanced("ipv4:10.0.0.1:50051,10.0.0.2:50051")
+    assert not balanced("predictor:50051") and not balanced("127.0.0.1:50051")
