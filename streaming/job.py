@@ -52,7 +52,6 @@ from streaming.events import (
     format_time,
     parse,
 )
-from streaming import local_runner
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import LEARNER_KEY, LearnerFn
@@ -276,6 +275,22 @@ def is_local(options: PipelineOptions) -> bool:
     return name in LOCAL_RUNNERS
 
 
+#: Options that put the project's code on remote workers (Beam's SetupOptions / WorkerOptions).
+STAGING_OPTIONS = ("sdk_container_image", "setup_file", "extra_packages")
+
+
+def check_staged(options: PipelineOptions) -> None:
+    """Refuse a remote runner whose workers would not have this project's code to unpickle the DoFns."""
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
+    if not (worker.sdk_container_image or setup.setup_file or setup.extra_packages):
+        raise ValueError(
+            f"runner {options.view_as(StandardOptions).runner}: its workers need streamscore's code: pass "
+            "--sdk_container_image IMAGE (deploy/dataflow/worker.Dockerfile, built from constraints.txt) "
+            "or --setup_file ./setup.py / --extra_package DIST")
+
+
 def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
     """Parse flags and construct (not run) the pipeline; on the local runner, tune it (:mod:`streaming.local_runner`)."""
     args, beam_args = build_parser().parse_known_args(argv)
@@ -296,18 +311,29 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
     options = pipeline_options(beam_args, config)
-    if is_local(options) and not args.no_local_tuning:
-        local_runner.install(args.local_pull_size, args.local_pull_deadline)
+    if is_local(options):
+        if not args.no_local_tuning:
+            from streaming import local_runner  # imported here only: no other runner loads the tuning
+
+            local_runner.install(args.local_pull_size, args.local_pull_deadline)
+    else:
+        check_staged(options)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | StreamingJob.__name__ >> StreamingJob(config)
     return pipeline, config
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the streaming job until it is cancelled (Ctrl-C / SIGTERM)."""
+    """Run the streaming job: locally until it is cancelled (Ctrl-C / SIGTERM); on a remote runner
+    (Dataflow, a Flex Template launch) return once the job is submitted."""
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     pipeline, config = build(argv)
     result = pipeline.run()
+    if not is_local(pipeline.options):
+        job_id = getattr(result, "job_id", None)
+        print(f"streamscore stream: submitted to {pipeline.options.view_as(StandardOptions).runner}"
+              + (f" as job {job_id()}" if callable(job_id) else ""), flush=True)
+        return 0
     try:
         result.wait_until_finish()
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ def test_builds_for_dataflow_offline_with_pubsub_read_and_write():
         "--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
         "--temp_location=gs://streamscore-test/tmp", "--staging_location=gs://streamscore-test/staging",
         "--dry_run=True", "--no_auth", "--sdk_location=container", "--job_name=streamscore-features",
+        "--sdk_container_image=europe-docker.pkg.dev/streamscore-demo/streamscore/worker:test",
     ])
     result = pipeline.run()
     transforms = result.job.proto_pipeline.components.transforms.values()
@@ -44,6 +45,13 @@ def test_builds_for_dataflow_offline_with_pubsub_read_and_write():
     assert "CustomerStateFn" in names and "TerminalStateFn" in names
     assert config.subscription(config.transactions_subscription) == "projects/streamscore-demo/subscriptions/transactions-stream"
     assert result.job.options.view_as(__import__("apache_beam").options.pipeline_options.StandardOptions).streaming
+
+
+def test_a_remote_runner_without_the_project_code_on_its_workers_is_refused():
+    with pytest.raises(ValueError, match="--sdk_container_image IMAGE .* or --setup_file"):
+        build(["--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
+               "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth",
+               "--job_name=streamscore-features"])
 
 
 def test_bad_flags_are_rejected():
@@ -64,7 +72,8 @@ def test_only_the_local_runner_is_tuned(monkeypatch):
     build(["--local-pull-size=20", "--local-pull-deadline=0.5"])
     build(["--no-local-tuning"])
     build(["--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
-           "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth"])
+           "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth",
+           "--sdk_container_image=europe-docker.pkg.dev/streamscore-demo/streamscore/worker:test"])
     assert calls == [(20, 0.5)]
     config = build([])[1]
     assert is_local(pipeline_options([], config)) and not is_local(pipeline_options(["--runner=DataflowRunner"], config))
