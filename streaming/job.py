@@ -74,6 +74,7 @@ class JobConfig:
     max_message_bytes: int = DEFAULT_MAX_BYTES
     allowed_lateness_days: float = 7.0
     timestamp_attribute: str | None = None
+    id_label: str | None = None
     predictor: str | None = None
     predictor_deadline: float = 10.0
     scores_topic: str = "scores"
@@ -156,7 +157,8 @@ class ReadEvents(beam.PTransform):
             parsed = (
                 pbegin
                 | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(subscription), with_attributes=True,
-                                                  timestamp_attribute=config.timestamp_attribute)
+                                                  timestamp_attribute=config.timestamp_attribute,
+                                                  id_label=config.id_label)
                 | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes, self.keyed))
                 .with_output_types(beam.typehints.KV[str, Any] if self.keyed else Any)
                 .with_outputs(DEAD_LETTER, main="events")
@@ -234,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "still be featurised; later ones are dead-lettered (default 7)")
     parser.add_argument("--timestamp-attribute", default=None,
                         help="take element timestamps from this attribute (see the module docs), e.g. event_time")
+    parser.add_argument("--id-label", default=None,
+                        help="Dataflow only: deduplicate messages carrying the same value of this attribute "
+                             "(a publisher's retry ids; Pub/Sub message ids are deduplicated without it)")
     scoring = parser.add_argument_group("scoring and online learning")
     scoring.add_argument("--predictor", default=None, help="HOST:PORT of `streamscore serve`; without it the job "
                          "publishes features instead of scores")
@@ -306,12 +311,16 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         labels_subscription=args.labels_subscription or None, features_topic=args.features_topic,
         dead_letter_topic=args.dead_letter_topic, max_message_bytes=args.max_message_bytes,
         allowed_lateness_days=args.allowed_lateness_days, timestamp_attribute=args.timestamp_attribute,
+        id_label=args.id_label or None,
         predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
     options = pipeline_options(beam_args, config)
     if is_local(options):
+        if config.id_label:
+            raise ValueError(f"--id-label is honoured only by Dataflow; Beam's local runner cannot deduplicate "
+                             f"on it, got --id-label {config.id_label!r} with runner {LOCAL_RUNNER}")
         if not args.no_local_tuning:
             from streaming import local_runner  # imported here only: no other runner loads the tuning
 
