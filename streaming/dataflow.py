@@ -30,8 +30,10 @@ from typing import Any
 from apache_beam.portability.api import beam_runner_api_pb2
 
 #: ``streamscore stream`` flags that mean nothing on Dataflow (the emulator and the local runner's tuning);
-#: they are the only flags the Flex Template's metadata.json leaves out.
+#: with :data:`LAUNCHER_FLAGS` they are the only flags the Flex Template's metadata.json leaves out.
 LOCAL_ONLY_FLAGS = frozenset({"--emulator-host", "--local-pull-size", "--local-pull-deadline", "--no-local-tuning"})
+#: Flags the Flex Template launcher passes itself: ``--project`` is the job's project (Pub/Sub's too).
+LAUNCHER_FLAGS = frozenset({"--project"})
 
 PUBSUB_READ = "beam:transform:pubsub_read:v1"
 
