@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo protos check-protos emulator clean bench
+.PHONY: install test demo protos check-protos emulator clean bench dataflow-steps dataflow-template dataflow-run k8s-render
 
 install: $(STAMP) emulator
 
@@ -31,6 +31,22 @@ demo: install
 # Regenerate protobuf/gRPC code from protos/**/*.proto (generated files are committed).
 protos: $(STAMP)
 	$(PY) -m protos.generate
+
+# Deployment (deploy/README.md). The pinned Dataflow transform names (update compatibility):
+# regenerate only on purpose, after renaming a transform.
+dataflow-steps: $(STAMP)
+	PYTHONPATH=. $(PY) -m streaming.dataflow steps > tests/deploy/expected_dataflow_steps.json
+
+# Flex Template build and launch (needs gcloud and PROJECT=...; see deploy/dataflow/launch.sh).
+dataflow-template:
+	deploy/dataflow/launch.sh build
+
+dataflow-run:
+	deploy/dataflow/launch.sh run
+
+OVERLAY ?= prod
+k8s-render:
+	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
