@@ -33,7 +33,7 @@ import numpy as np
 from protos.kserve.v2 import grpc_predict_v2_pb2 as kserve_pb
 from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as kserve_grpc
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
-from streaming.events import Score, dead_letter, encode
+from streaming.events import Score, dead_letter_of_event, encode
 from streaming.features.spec import FeatureSpec
 from streaming.features.stream import FeaturedTransaction
 
@@ -236,8 +236,7 @@ class ScoreFn(beam.DoFn):
         for (featured, timestamp, window), scored in zip(batch, results):
             if scored.error is not None:
                 self._rejected.inc()
-                data, attrs = encode(featured.transaction)
-                dead = dead_letter(data, attrs, scored.error, "score")
+                dead = dead_letter_of_event(featured.transaction, scored.error, "score")
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
                 continue
             self._scored.inc()

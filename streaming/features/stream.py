@@ -28,7 +28,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from streaming.events import DeadLetter, Label, Transaction, dead_letter, encode
+from streaming.events import DeadLetter, Label, Transaction, dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
 from streaming.labelled import FeatureStore
@@ -66,8 +66,7 @@ def key_by_customer(event: Transaction | Label) -> tuple[str, Transaction | Labe
 
 
 def _dead(event: Transaction | Label, reason: str) -> DeadLetter:
-    data, attrs = encode(event)
-    return dead_letter(data, attrs, reason, STAGE)
+    return dead_letter_of_event(event, reason, STAGE)
 
 
 @beam.typehints.with_input_types(beam.typehints.KV[str, Any])
