@@ -350,6 +350,32 @@ def parse(
         return EventError("data", f"data could not be validated: {type(exc).__name__}: {exc}")
 
 
+PRODUCER_ATTRIBUTE = "producer"
+
+
+def check_topic(attributes: Mapping[str, str] | None, expect: str,
+                allowed_producers: frozenset[str] | None = None) -> EventError | None:
+    """Whether a message may arrive on a topic that carries ``expect``: None if so, else the reason.
+
+    One schema per topic: a ``schema`` attribute other than ``expect`` is refused (a label
+    published on the transactions topic must not train the model). With ``allowed_producers``
+    the ``producer`` attribute must name one of them — a cheap check against a careless
+    producer; against a hostile one only the topic's IAM (who may publish) protects.
+    """
+    attributes = attributes if isinstance(attributes, Mapping) else {}
+    schema = attributes.get(SCHEMA_ATTRIBUTE, expect)
+    if schema != expect:
+        return EventError(SCHEMA_ATTRIBUTE, f"attributes.schema must be {expect} on this topic (one schema per "
+                                            f"topic), got {_describe(schema)}")
+    if allowed_producers is not None:
+        producer = attributes.get(PRODUCER_ATTRIBUTE)
+        if producer not in allowed_producers:
+            allowed = ", ".join(sorted(allowed_producers)) or "(none)"
+            return EventError(PRODUCER_ATTRIBUTE, f"attributes.producer must be one of {allowed}, got "
+                                                  f"{'nothing' if producer is None else _describe(producer)}")
+    return None
+
+
 def transaction_id_of(data: bytes) -> str:
     """Best effort: the ``transaction_id`` of a (possibly invalid) message, else ``""``."""
     try:
