@@ -365,13 +365,13 @@ def check_topic(attributes: Mapping[str, str] | None, expect: str,
     attributes = attributes if isinstance(attributes, Mapping) else {}
     schema = attributes.get(SCHEMA_ATTRIBUTE, expect)
     if schema != expect:
-        return EventError(SCHEMA_ATTRIBUTE, f"attributes.schema must be {expect} on this topic (one schema per "
+        return EventError("attributes.schema", f"attributes.schema must be {expect} on this topic (one schema per "
                                             f"topic), got {_describe(schema)}")
     if allowed_producers is not None:
         producer = attributes.get(PRODUCER_ATTRIBUTE)
         if producer not in allowed_producers:
             allowed = ", ".join(sorted(allowed_producers)) or "(none)"
-            return EventError(PRODUCER_ATTRIBUTE, f"attributes.producer must be one of {allowed}, got "
+            return EventError("attributes.producer", f"attributes.producer must be one of {allowed}, got "
                                                   f"{'nothing' if producer is None else _describe(producer)}")
     return None
 
