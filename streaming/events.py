@@ -18,15 +18,17 @@ customer_id is required: expected a non-empty string
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+
+from streaming import strict_json
+from streaming.features.windows import MAX_ABS_AMOUNT
 
 SCHEMA_TRANSACTION = "streamscore.transaction.v1"
 SCHEMA_LABEL = "streamscore.label.v1"
@@ -38,6 +40,9 @@ EVENT_TIME_ATTRIBUTE = "event_time"
 #: Default limit on one message's data, in bytes (Pub/Sub itself allows 10 MB).
 DEFAULT_MAX_BYTES = 64 * 1024
 MAX_ID_LENGTH = 256
+#: What an identifier may hold (checked with ``str.isprintable``: letters, digits, punctuation,
+#: symbols and inner spaces of any script; never controls, format characters or surrogates).
+ID_CHARACTERS = "printable characters"
 #: Event times outside this range are rejected as implausible.
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
@@ -113,8 +118,8 @@ Event = Transaction | Label
 
 # --------------------------------------------------------------------------- time
 
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+_RFC3339 = re.compile(  # used with fullmatch: a "$" would accept a trailing newline
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
 
 
@@ -126,7 +131,7 @@ def parse_time(text: str) -> datetime:
 
     Raises ``ValueError`` with a reason; sub-microsecond digits are truncated.
     """
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise ValueError(_NOT_RFC3339)
     frac = m.group(7) or ""
@@ -204,6 +209,9 @@ def _id(body: Mapping[str, Any], name: str) -> str:
         raise _fail(name, expected, value)
     if len(value) > MAX_ID_LENGTH:
         raise _fail(name, f"a string of at most {MAX_ID_LENGTH} characters", value)
+    if not value.isprintable() or value != value.strip():
+        raise _fail(name, f"{ID_CHARACTERS} (no control, format or unassigned characters, no leading or "
+                          "trailing space)", value)
     return value
 
 
@@ -220,12 +228,14 @@ def _time(body: Mapping[str, Any], name: str) -> datetime:
 
 
 def _amount(body: Mapping[str, Any], name: str) -> float:
-    expected = "a finite number >= 0"
+    expected = f"a finite number >= 0 and <= {MAX_ABS_AMOUNT:g}"
     value = _required(body, name, expected)
+    if isinstance(value, strict_json.NonFinite):  # NaN, Infinity, 1e999, a 400-digit integer
+        raise _Invalid(EventError(name, f"{name} must be {expected}, got {value.describe()}"))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, expected, value)
     value = float(value)
-    if not math.isfinite(value) or value < 0:
+    if not 0 <= value <= MAX_ABS_AMOUNT:  # also false for NaN
         raise _fail(name, expected, value)
     return value + 0.0  # normalise -0.0
 
@@ -238,6 +248,7 @@ def _label_value(body: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
+_NUMBER_FIELDS = frozenset({"amount"})  # fields whose non-finite or huge value the validator names itself
 _TRANSACTION_FIELDS = ("transaction_id", "event_time", "customer_id", "terminal_id", "amount")
 _LABEL_FIELDS = ("transaction_id", "label", "event_time", "customer_id", "terminal_id", "reported_at")
 
@@ -282,14 +293,9 @@ _BUILDERS = {SCHEMA_TRANSACTION: _transaction, SCHEMA_LABEL: _label}
 
 def _decode_json(data: bytes) -> Any:
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        # orjson refuses NaN/Infinity literals and overflowing numbers. Producers using
-        # Python's json module emit them; decode with it so the error can name the field.
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):
-            raise _Invalid(EventError("data", f"data must be a UTF-8 JSON object: malformed JSON ({exc})")) from None
+        return strict_json.loads(data, lax_fields=_NUMBER_FIELDS)
+    except strict_json.StrictJsonError as exc:
+        raise _Invalid(EventError(exc.field, exc.message)) from None
 
 
 def _check_attributes(attributes: Mapping[str, str] | None, event: Event, body: Mapping[str, Any]) -> None:
@@ -344,6 +350,32 @@ def parse(
         return EventError("data", f"data could not be validated: {type(exc).__name__}: {exc}")
 
 
+PRODUCER_ATTRIBUTE = "producer"
+
+
+def check_topic(attributes: Mapping[str, str] | None, expect: str,
+                allowed_producers: frozenset[str] | None = None) -> EventError | None:
+    """Whether a message may arrive on a topic that carries ``expect``: None if so, else the reason.
+
+    One schema per topic: a ``schema`` attribute other than ``expect`` is refused (a label
+    published on the transactions topic must not train the model). With ``allowed_producers``
+    the ``producer`` attribute must name one of them — a cheap check against a careless
+    producer; against a hostile one only the topic's IAM (who may publish) protects.
+    """
+    attributes = attributes if isinstance(attributes, Mapping) else {}
+    schema = attributes.get(SCHEMA_ATTRIBUTE, expect)
+    if schema != expect:
+        return EventError("attributes.schema", f"attributes.schema must be {expect} on this topic (one schema per "
+                                            f"topic), got {_describe(schema)}")
+    if allowed_producers is not None:
+        producer = attributes.get(PRODUCER_ATTRIBUTE)
+        if producer not in allowed_producers:
+            allowed = ", ".join(sorted(allowed_producers)) or "(none)"
+            return EventError("attributes.producer", f"attributes.producer must be one of {allowed}, got "
+                                                  f"{'nothing' if producer is None else _describe(producer)}")
+    return None
+
+
 def transaction_id_of(data: bytes) -> str:
     """Best effort: the ``transaction_id`` of a (possibly invalid) message, else ``""``."""
     try:
@@ -383,24 +415,74 @@ def encode(event: Transaction | Label | Score) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps(body), attrs
 
 
+def _safe_text(value: Any, limit: int = 2000) -> str:
+    """``value`` as text orjson can always encode: lone surrogates escaped, length capped."""
+    text = value if isinstance(value, str) else repr(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return _safe_text(data, limit=DEFAULT_MAX_BYTES).encode("utf-8")  # not bytes: keep what it was, readable
+
+
+def _as_attributes(attributes: Any) -> dict[str, str]:
+    if attributes is None:
+        return {}
+    try:
+        items = dict(attributes).items()
+    except (TypeError, ValueError):
+        return {"attributes": _safe_text(attributes)}
+    return {_safe_text(k, 256): _safe_text(v, 1024) for k, v in items}
+
+
 def encode_dead_letter(dead: DeadLetter) -> tuple[bytes, dict[str, str]]:
-    """The Pub/Sub form of a dead letter; the original bytes travel base64-encoded."""
+    """The Pub/Sub form of a dead letter; the original bytes travel base64-encoded. Never raises.
+
+    Only the original bytes carry user content verbatim (as base64); the error, stage, id and
+    attributes are text made safe to encode (lone surrogates escaped, lengths capped).
+    """
     import base64
 
+    stage = _safe_text(dead.stage, 64)
     body = {
-        "error": dead.error,
-        "stage": dead.stage,
-        "transaction_id": dead.transaction_id,
-        "attributes": dict(dead.attributes),
-        "data_base64": base64.b64encode(bytes(dead.data)).decode("ascii"),
+        "error": _safe_text(dead.error),
+        "stage": stage,
+        "transaction_id": _safe_text(dead.transaction_id, MAX_ID_LENGTH),
+        "attributes": _as_attributes(dead.attributes),
+        "data_base64": base64.b64encode(_as_bytes(dead.data)).decode("ascii"),
     }
-    return orjson.dumps(body), {SCHEMA_ATTRIBUTE: SCHEMA_DEAD_LETTER, "stage": dead.stage}
+    return orjson.dumps(body), {SCHEMA_ATTRIBUTE: SCHEMA_DEAD_LETTER, "stage": stage}
 
 
 def dead_letter(data: bytes, attributes: Mapping[str, str] | None, error: EventError | str, stage: str) -> DeadLetter:
-    """A :class:`DeadLetter` for a message that failed at ``stage``."""
-    return DeadLetter(data=bytes(data), attributes=dict(attributes or {}), error=str(error),
-                      stage=stage, transaction_id=transaction_id_of(data))
+    """A :class:`DeadLetter` for a message that failed at ``stage``. Never raises."""
+    raw = _as_bytes(data)
+    return DeadLetter(data=raw, attributes=_as_attributes(attributes), error=_safe_text(str(error)),
+                      stage=stage, transaction_id=_safe_text(transaction_id_of(raw), MAX_ID_LENGTH))
+
+
+def dead_letter_of_event(event: Transaction | Label, error: EventError | str, stage: str) -> DeadLetter:
+    """A :class:`DeadLetter` for a parsed event a later stage refused: its wire form. Never raises.
+
+    A parsed event always encodes (the parser bounds depth and refuses lone surrogates); if
+    one still does not (an event built in code), its unknown fields are dropped, and failing
+    that its ``repr`` is kept, so the message is never lost to an encoding error.
+    """
+    try:
+        data, attrs = encode(event)
+    except Exception:
+        try:
+            data, attrs = encode(replace(event, extra={}))
+            error = f"{error} (its unknown fields could not be encoded and were dropped)"
+        except Exception:
+            data, attrs = _safe_text(event, DEFAULT_MAX_BYTES).encode("utf-8"), {}
+    return dead_letter(data, attrs, error, stage)
 
 
 # --------------------------------------------------------------------------- protobuf

@@ -47,12 +47,14 @@ from streaming.events import (
     EVENT_TIME_ATTRIBUTE,
     DeadLetter,
     EventError,
+    check_topic,
     dead_letter,
     encode_dead_letter,
     format_time,
     parse,
 )
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
+from streaming.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import LEARNER_KEY, LearnerFn
 from streaming.scoring import ALERTS, ScoreFn
@@ -85,6 +87,7 @@ class JobConfig:
     max_label_delay_days: float = 8.0
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
+    label_producers: tuple[str, ...] = ()  # when set, labels must carry a `producer` attribute naming one
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -103,15 +106,19 @@ class ParsePubsubFn(beam.DoFn):
     With ``keyed``, events leave as ``(customer_id, event)``, ready for the customer stage.
     """
 
-    def __init__(self, expect: str, max_bytes: int = DEFAULT_MAX_BYTES, keyed: bool = False):
+    def __init__(self, expect: str, max_bytes: int = DEFAULT_MAX_BYTES, keyed: bool = False,
+                 allowed_producers: frozenset[str] | None = None):
         self.expect = expect
         self.max_bytes = max_bytes
         self.keyed = keyed
+        self.allowed_producers = allowed_producers
         self._invalid = Metrics.counter(self.__class__, "invalid")
         self._parsed = Metrics.counter(self.__class__, "parsed")
 
+    @guarded("parse")
     def process(self, message: PubsubMessage):
-        result = parse(message.data, message.attributes, expect=self.expect, max_bytes=self.max_bytes)
+        result = check_topic(message.attributes, self.expect, self.allowed_producers) or parse(
+            message.data, message.attributes, expect=self.expect, max_bytes=self.max_bytes)
         if isinstance(result, EventError):
             self._invalid.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(message.data, message.attributes, result, "parse"))
@@ -149,17 +156,18 @@ class ReadEvents(beam.PTransform):
 
     def expand(self, pbegin):
         config = self.config
-        sources = [("Transactions", config.transactions_subscription, SCHEMA_TRANSACTION)]
+        sources = [("Transactions", config.transactions_subscription, SCHEMA_TRANSACTION, None)]
         if config.labels_subscription:
-            sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL))
+            producers = frozenset(config.label_producers) if config.label_producers else None
+            sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL, producers))
         events, dead = [], []
-        for name, subscription, schema in sources:
+        for name, subscription, schema, producers in sources:
             parsed = (
                 pbegin
                 | f"Read{name}" >> ReadFromPubSub(subscription=config.subscription(subscription), with_attributes=True,
                                                   timestamp_attribute=config.timestamp_attribute,
                                                   id_label=config.id_label)
-                | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes, self.keyed))
+                | f"Parse{name}" >> beam.ParDo(ParsePubsubFn(schema, config.max_message_bytes, self.keyed, producers))
                 .with_output_types(beam.typehints.KV[str, Any] if self.keyed else Any)
                 .with_outputs(DEAD_LETTER, main="events")
             )
@@ -202,15 +210,17 @@ class StreamingJob(beam.PTransform):
             featured["features"] | "WriteFeatures" >> WriteToPubSub(
                 config.topic(config.features_topic), with_attributes=True)
         if learn:
-            (
+            learned = (
                 featured["examples"]
                 | "KeyToLearner" >> beam.Map(lambda example: (LEARNER_KEY, example)).with_output_types(
                     beam.typehints.KV[str, Any])
                 | LearnerFn.__name__ >> beam.ParDo(LearnerFn(
                     config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
-                    snapshot_every_seconds=config.snapshot_every_seconds))
-                | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
+                    snapshot_every_seconds=config.snapshot_every_seconds)).with_outputs(DEAD_LETTER, main="monitoring")
             )
+            learned.monitoring | "WriteMonitoring" >> WriteToPubSub(
+                config.topic(config.monitoring_topic), with_attributes=True)
+            dead.append(learned[DEAD_LETTER])
         return (
             dead
             | "MergeDeadLetters" >> beam.Flatten()
@@ -234,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allowed-lateness-days", type=float, default=7.0,
                         help="how far (event time) behind a key's latest event a transaction may arrive and "
                              "still be featurised; later ones are dead-lettered (default 7)")
+    parser.add_argument("--label-producers", default="",
+                        help="comma-separated producer names: labels must carry a `producer` attribute naming one, "
+                             "else they are dead-lettered (default: no check; in production restrict who may "
+                             "publish to the labels topic with IAM, see docs/event-validation.md)")
     parser.add_argument("--timestamp-attribute", default=None,
                         help="take element timestamps from this attribute (see the module docs), e.g. event_time")
     parser.add_argument("--id-label", default=None,
@@ -315,7 +329,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
-        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
+        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,
+        label_producers=tuple(p.strip() for p in args.label_producers.split(",") if p.strip()))
     options = pipeline_options(beam_args, config)
     if is_local(options):
         if config.id_label:

@@ -35,6 +35,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from models.online import DriftMonitor, OnlineLearner
 from streaming.events import SCHEMA_ATTRIBUTE
 from streaming.features.spec import FeatureSpec
+from streaming.guard import guarded
 from streaming.labelled import Example
 from streaming.scoring import ScoringClient
 
@@ -83,6 +84,7 @@ class LearnerFn(beam.DoFn):
         self._registry = Registry.open(self.registry)
         self._client = ScoringClient(self.predictor) if self.predictor else None
 
+    @guarded("learn")
     def process(self, element, state=beam.DoFn.StateParam(STATE), flush=beam.DoFn.TimerParam(FLUSH)):
         _, example = element
         current: LearnerState | None = state.read()

@@ -33,9 +33,10 @@ import numpy as np
 from protos.kserve.v2 import grpc_predict_v2_pb2 as kserve_pb
 from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as kserve_grpc
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
-from streaming.events import Score, dead_letter, encode
+from streaming.events import Score, dead_letter_of_event, encode
 from streaming.features.spec import FeatureSpec
 from streaming.features.stream import FeaturedTransaction
+from streaming.guard import COUNTER as GUARD_COUNTER, element_dead_letter, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ class ScoreFn(beam.DoFn):
         self._alerts = Metrics.counter(self.__class__, "alerts")
         self._rejected = Metrics.counter(self.__class__, "rejected")
         self._retries = Metrics.counter(self.__class__, "retries")
+        self._guard_failures = Metrics.counter(self.__class__, GUARD_COUNTER)
 
     def setup(self):
         self._client = ScoringClient(self.target, deadline=self.deadline, token=self.token)
@@ -243,18 +245,31 @@ class ScoreFn(beam.DoFn):
         if not batch:
             return
         before = self._client.retries
-        results = self._client.score_many([(f.transaction.transaction_id, f.features) for f, _, _ in batch])
+        try:
+            results = self._client.score_many([(f.transaction.transaction_id, f.features) for f, _, _ in batch])
+        except Exception as exc:  # the last-resort guard (streaming.guard): the batch's dead letters, not a crash
+            self._guard_failures.inc()
+            reason = failure_reason("score", exc)
+            results = [Scored(f.transaction.transaction_id, None, "", error=reason) for f, _, _ in batch]
         self._retries.inc(self._client.retries - before)
         for (featured, timestamp, window), scored in zip(batch, results):
-            if scored.error is not None:
-                self._rejected.inc()
-                data, attrs = encode(featured.transaction)
-                dead = dead_letter(data, attrs, scored.error, "score")
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
-                continue
-            self._scored.inc()
-            message = score_message(featured, scored, self.spec)
-            yield WindowedValue(message, timestamp, [window])
-            if scored.score >= self.alert_threshold:
-                self._alerts.inc()
-                yield beam.pvalue.TaggedOutput(ALERTS, WindowedValue(message, timestamp, [window]))
+            try:
+                outputs = list(self._outputs(featured, scored, timestamp, window))
+            except Exception as exc:
+                self._guard_failures.inc()
+                outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(
+                    element_dead_letter(featured, failure_reason("score", exc), "score"), timestamp, [window]))]
+            yield from outputs
+
+    def _outputs(self, featured, scored: Scored, timestamp, window):
+        if scored.error is not None:
+            self._rejected.inc()
+            dead = dead_letter_of_event(featured.transaction, scored.error, "score")
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
+            return
+        message = score_message(featured, scored, self.spec)
+        self._scored.inc()
+        yield WindowedValue(message, timestamp, [window])
+        if scored.score >= self.alert_threshold:
+            self._alerts.inc()
+            yield beam.pvalue.TaggedOutput(ALERTS, WindowedValue(message, timestamp, [window]))

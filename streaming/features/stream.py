@@ -28,14 +28,16 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from streaming.events import DeadLetter, Label, Transaction, dead_letter, encode
+from streaming.events import DeadLetter, Label, Transaction, dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
+from streaming.guard import guarded
 from streaming.labelled import FeatureStore
 
 DEAD_LETTER = "dead_letter"
 EXAMPLES = "examples"
 STAGE = "features"
+LABEL_STAGE = "label"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WEEKEND = (5, 6)
 
@@ -66,8 +68,13 @@ def key_by_customer(event: Transaction | Label) -> tuple[str, Transaction | Labe
 
 
 def _dead(event: Transaction | Label, reason: str) -> DeadLetter:
-    data, attrs = encode(event)
-    return dead_letter(data, attrs, reason, STAGE)
+    return dead_letter_of_event(event, reason, STAGE)
+
+
+def _never_came(state: TerminalState, label: Label) -> str:
+    horizon_days = (state.allowed_lateness_ns + state.spec.terminal_horizon_ns) / DAY_NS
+    return (f"label for transaction_id {label.transaction_id}: its transaction never came to terminal "
+            f"{label.terminal_id} within {horizon_days:g} days (event time) of its event_time")
 
 
 @beam.typehints.with_input_types(beam.typehints.KV[str, Any])
@@ -83,6 +90,7 @@ class CustomerStateFn(beam.DoFn):
         self._duplicates = Metrics.counter(self.__class__, "duplicates")
         self._late = Metrics.counter(self.__class__, "late")
 
+    @guarded(STAGE)
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
         _, tx = element
         if isinstance(tx, Label):  # labels ride the same path so they keep their order
@@ -132,11 +140,13 @@ class TerminalStateFn(beam.DoFn):
         self._labels = Metrics.counter(self.__class__, "labels")
         self._late = Metrics.counter(self.__class__, "late")
         self._examples = Metrics.counter(self.__class__, "examples")
+        self._aged_out = Metrics.counter(self.__class__, "labels_aged_out")
 
     def _store(self, scored) -> FeatureStore:
         store = scored.read()
         return FeatureStore(int(self.keep_examples_days * DAY_NS)) if store is None else store
 
+    @guarded(STAGE)
     def process(self, element, state=beam.DoFn.StateParam(STATE), scored=beam.DoFn.StateParam(SCORED)):
         return self._process(element, state, scored)
 
@@ -147,7 +157,7 @@ class TerminalStateFn(beam.DoFn):
             current = TerminalState(self.spec, int(self.allowed_lateness_days * DAY_NS))
         if isinstance(value, Label):
             self._labels.inc()
-            current.add_label(value.transaction_id, time_ns(value.event_time), value.label)
+            current.add_label(value.transaction_id, time_ns(value.event_time), value.label, payload=value)
             state.write(current)
             if self.keep_examples_days:
                 store = self._store(scored)
@@ -158,6 +168,7 @@ class TerminalStateFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(EXAMPLES, example)
             return
         tx, customer = value
+        tx_values = {**transaction_features(tx), **customer}  # what can fail on the element, before the state changes
         try:
             terminal = current.add_transaction(tx.transaction_id, time_ns(tx.event_time))
         except LateEventError as exc:
@@ -168,8 +179,12 @@ class TerminalStateFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead(
                 tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
             return
+        aged_out = current.take_aged_out()
         state.write(current)
-        values = {**transaction_features(tx), **customer, **terminal}
+        for label in aged_out:
+            self._aged_out.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_of_event(label, _never_came(current, label), LABEL_STAGE))
+        values = {**tx_values, **terminal}
         values.update(derived_features(values, self.spec))
         featured = FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
         if self.keep_examples_days:
@@ -193,6 +208,7 @@ class TerminalFeaturesFn(TerminalStateFn):
                  emit: Callable[[FeaturedTransaction], Any] | None = None):
         super().__init__(spec, allowed_lateness_days, None, emit)
 
+    @guarded(STAGE)
     def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
         return self._process(element, state, None)
 

@@ -430,6 +430,8 @@ class TerminalState(_KeyState):
         super().__init__(spec, allowed_lateness_ns)
         self._frauds = array("b")
         self._pending: dict = {}  # transaction_id -> event time of a fraud label without its transaction
+        self._waiting: dict = {}  # transaction_id -> (event time, payload) of any label given a payload, not yet matched
+        self._aged_out: list = []  # payloads of labels whose transaction never came (see take_aged_out)
 
     def _horizon_ns(self) -> int:
         return self.spec.terminal_horizon_ns
@@ -448,19 +450,29 @@ class TerminalState(_KeyState):
         if self._seen(transaction_id):
             return None
         fraud = 1 if self._pending.pop(transaction_id, None) is not None else 0
+        if self._waiting:
+            self._waiting.pop(transaction_id, None)
         i = self._insert(transaction_id, t)
         self._frauds.insert(i, fraud)
         self._advance(t)
         return self._features_at(t)
 
-    def add_label(self, transaction_id, time_ns: int, fraud: int) -> None:
-        """Record a label for a transaction of this terminal (``time_ns`` is the transaction's event time)."""
+    def add_label(self, transaction_id, time_ns: int, fraud: int, payload=None) -> None:
+        """Record a label for a transaction of this terminal (``time_ns`` is the transaction's event time).
+
+        With a ``payload`` (e.g. the label event), a label whose transaction has not come is
+        remembered; if it is still unmatched when it falls behind the retention horizon, the
+        payload is handed out once by :meth:`take_aged_out` (the job dead-letters it).
+        Validates before it changes anything.
+        """
         if fraud not in (0, 1):
             raise ValueError(f"fraud must be 0 or 1, got {fraud!r}")
-        if not fraud:
+        if not fraud and payload is None:
             return  # genuine is the default; nothing to record
         t = _time_ns(time_ns)
         if self._seen(transaction_id):
+            if not fraud:
+                return
             lo, hi = bisect_left(self._times, t), bisect_right(self._times, t)
             try:
                 i = self._ids.index(transaction_id, lo, hi)
@@ -468,8 +480,16 @@ class TerminalState(_KeyState):
                 i = self._ids.index(transaction_id)
             self._frauds[i] = 1
         elif self._max_time is None or t > self._cutoff_ns():
-            self._pending[transaction_id] = t
+            if fraud:
+                self._pending[transaction_id] = t
+            if payload is not None:
+                self._waiting[transaction_id] = (t, payload)
         # else: the transaction is older than anything kept, so its label can change no feature
+
+    def take_aged_out(self) -> list:
+        """Payloads of labels whose transaction never came before they aged out (each handed out once)."""
+        out, self._aged_out = self._aged_out, []
+        return out
 
     def _cutoff_ns(self) -> int:
         return self._max_time - self.allowed_lateness_ns - self._horizon_ns()
@@ -509,13 +529,19 @@ class TerminalState(_KeyState):
         if self._pending:
             cutoff = self._cutoff_ns()
             self._pending = {tid: pt for tid, pt in self._pending.items() if pt > cutoff}
+        if self._waiting:
+            cutoff = self._cutoff_ns()
+            old = [tid for tid, (pt, _) in self._waiting.items() if pt <= cutoff]
+            for tid in old:
+                self._aged_out.append(self._waiting.pop(tid)[1])
         return k
 
     def _extra_state(self) -> tuple:
-        return (self._frauds, self._pending)
+        return (self._frauds, self._pending, self._waiting, self._aged_out)
 
     def _set_extra_state(self, extra: tuple) -> None:
-        self._frauds, self._pending = extra
+        self._frauds, self._pending = extra[:2]
+        self._waiting, self._aged_out = extra[2:] if len(extra) > 2 else ({}, [])
 
 
 __all__ = [

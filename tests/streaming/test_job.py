@@ -169,7 +169,7 @@ def test_job_over_emulator_featurises_everything_and_dead_letters_bad_input(pubs
     assert sorted(streamed, key=int) == [str(i) for i in df["TRANSACTION_ID"]]
     assert_equal_to_batch(streamed, featurize_frame(df))
     assert sorted(d["error"] for d in dead) == [
-        "amount must be a finite number >= 0, got -3.0",
+        "amount must be a finite number >= 0 and <= 1e+11, got -3.0",
         "data must be a UTF-8 JSON object: malformed JSON (unexpected character, expected a string key: line 1 column 2 (char 1))",
     ]
     assert {base64.b64decode(d["data_base64"]) for d in dead} == set(malformed)
