@@ -447,13 +447,17 @@ def test_stop_drains_rpcs_in_flight(serve):
 
 def test_sigterm_drains_and_exits_cleanly(booster, tmp_path):
     from models.registry import Registry
+    from models.signing import generate
     from streaming.features.spec import DEFAULT_SPEC
 
-    registry = Registry.open(tmp_path)
+    ring = generate("trainer")
+    registry = Registry.open(tmp_path / "registry", keys=ring)
     version = registry.register(booster, {"feature_names": list(NAMES)}, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
+    ring.save(tmp_path / "verify.json", public_only=True)  # the predictor holds only the public half
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--registry", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--registry", str(tmp_path / "registry"),
+                             "--signing-key-file", str(tmp_path / "verify.json"),
                              "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--grace", "5"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -488,6 +492,8 @@ def test_sigterm_drains_and_exits_cleanly(booster, tmp_path):
     ([], "one of the arguments --registry --model-file is required"),
     (["--model-file", "/nonexistent/model.json"], "--model-file /nonexistent/model.json is not a file"),
     (["--registry", "/nonexistent"], "--registry /nonexistent is not a directory"),
+    (["--registry", "/"], "give --signing-key-file FILE"),
+    (["--registry", "/", "--signing-key-file", "/nonexistent.json"], "--signing-key-file /nonexistent.json does not exist"),
 ])
 def test_serve_refuses_bad_arguments_with_a_reason(argv, needle, capsys):
     from models.predictor.server import run
