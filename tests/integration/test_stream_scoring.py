@@ -1,5 +1,10 @@
 """The streaming scoring job end to end: the real emulator, the real predictor, the real job.
 
+The stack runs as production should: the predictor serves TLS (a self-signed certificate made
+here) and requires a bearer token, the job speaks to it with the CA and the token file, and
+the registry is signed (the trainer's and the learner's Ed25519 keys; the predictor holds
+only their public halves).
+
 Accounting (scored + dead-lettered = published, by id), no training/serving skew (every
 streamed score equals the batch-featurised row's score), recovery when the predictor is
 killed mid-replay, and the online model advancing while the predictor serves it: scores
@@ -68,13 +73,50 @@ class Proc:
         assert self.proc.poll() is None, f"{self.log.name} exited:\n{self.log.read_text()[-3000:]}"
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 / localhost and its key (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "predictor.crt", folder / "predictor.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+#: Set by the ``stack`` fixture: the CA file and token the test's own probes use.
+TLS: dict = {}
+
+
+def channel(port: int):
+    import grpc
+
+    return grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(TLS["ca"].read_bytes()))
+
+
 def wait_serving(port: int, timeout: float = 60) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(port) as secure:
+        stub = health_pb2_grpc.HealthStub(secure)
         while time.monotonic() < deadline:
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
@@ -91,10 +133,11 @@ def served_online_version(port: int) -> str | None:
 
     from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with channel(port) as secure:
         request = scorer_pb2.ScoreRequest(transaction_id="probe", features=scorer_pb2.FeatureVector(
             values=[0.0] * len(NAMES)))
-        response = scorer_pb2_grpc.ScorerStub(channel).Score(request, timeout=5)
+        response = scorer_pb2_grpc.ScorerStub(secure).Score(
+            request, timeout=5, metadata=(("authorization", f"Bearer {TLS['token']}"),))
     return response.online_model_version if response.HasField("online_model_version") else None
 
 
@@ -125,11 +168,18 @@ def history():
 
 @pytest.fixture
 def stack(pubsub_emulator, tmp_path, history):
-    """Registry with a production model, a predictor and the scoring job with online learning."""
+    """Signed registry with a production model, a TLS + token predictor and the scoring job with online learning."""
     from models.registry import Registry
+    from models.signing import KeyRing, generate
 
     _, _, booster = history
-    registry = Registry.open(tmp_path / "registry")
+    trainer, learner = generate("trainer-1"), generate("learner-1")
+    learner.save(tmp_path / "learner-key.json")
+    (tmp_path / "verify.json").write_bytes(KeyRing((*trainer.public().keys, *learner.public().keys)).to_json())
+    cert, key = self_signed(tmp_path)
+    TLS.update(ca=cert, token=uuid.uuid4().hex)
+    (tmp_path / "token").write_text(TLS["token"] + "\n")
+    registry = Registry.open(tmp_path / "registry", keys=trainer)
     version = registry.register(booster, {"feature_names": NAMES}, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
     prefix = "sc" + uuid.uuid4().hex[:8]  # topic names must start with a letter
@@ -140,7 +190,9 @@ def stack(pubsub_emulator, tmp_path, history):
     pubsub_emulator.ensure([*names.values()], subs)
     port = free_port()
     serve_args = ["-m", "streaming.cli", "serve", "--registry", str(tmp_path / "registry"), "--port", str(port),
-                  "--host", "127.0.0.1", "--metrics-port", "0", "--poll-interval", "0.5"]
+                  "--host", "127.0.0.1", "--metrics-port", "0", "--poll-interval", "0.5",
+                  "--signing-key-file", str(tmp_path / "verify.json"), "--tls-cert", str(cert), "--tls-key", str(key),
+                  "--auth-token-file", str(tmp_path / "token")]
     predictor = Proc(serve_args, tmp_path / "serve.log")
     wait_serving(port)
     job = Proc(["-m", "streaming.job", "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
@@ -148,10 +200,13 @@ def stack(pubsub_emulator, tmp_path, history):
                 "--scores-topic", names["scores"], "--alerts-topic", names["alerts"], "--dead-letter-topic", names["dead"],
                 "--monitoring-topic", names["monitoring"], "--predictor", f"127.0.0.1:{port}",
                 "--registry", str(tmp_path / "registry"), "--snapshot-every-labels", "200",
+                "--signing-key-file", str(tmp_path / "learner-key.json"), "--predictor-tls-ca", str(cert),
+                "--predictor-token-file", str(tmp_path / "token"),
                 "--snapshot-every-seconds", str(SNAPSHOT_SECONDS)], tmp_path / "job.log")
     time.sleep(3)
     job.alive()
-    state = {"names": names, "registry": registry, "port": port, "predictor": predictor, "job": job,
+    state = {"names": names, "registry": Registry.open(tmp_path / "registry", keys=KeyRing.load(tmp_path / "verify.json")),
+             "port": port, "predictor": predictor, "job": job,
              "serve_args": serve_args, "version": version, "tmp": tmp_path}
     yield state
     job.stop()
@@ -180,8 +235,11 @@ def replay(emulator, stack, df, malformed=(), during=None):
     return [orjson.loads(m.data) for m in scores], [orjson.loads(m.data) for m in dead], None
 
 
-def check_accounting(df, scores, dead, malformed_ids):
+def check_accounting(df, scores, dead, malformed_ids, label="replay"):
     ids = [s["transaction_id"] for s in scores]
+    published = {str(i) for i in df["TRANSACTION_ID"]}
+    print(f"\n{label}: published {len(published)}, scores {len(ids)}, duplicates {len(ids) - len(set(ids))}, "
+          f"lost {len(published - set(ids))}, dead-lettered {len(dead)}")
     assert len(ids) == len(set(ids)), "a transaction was scored twice"
     assert sorted(ids, key=int) == [str(i) for i in df["TRANSACTION_ID"]], "scored set != published set"
     assert sorted(d["transaction_id"] for d in dead) == sorted(malformed_ids)
@@ -268,5 +326,26 @@ def test_predictor_killed_mid_replay_loses_nothing(pubsub_emulator, stack, histo
     assert "proc" in restarted
     stack["job"].alive()
     assert "UNAVAILABLE; retrying" in stack["job"].log.read_text(), "the outage never reached the job"
-    check_accounting(df, scores, dead, [])
+    check_accounting(df, scores, dead, [], label="predictor SIGKILL + restart under TLS and a token")
+    check_no_skew(table, booster, scores)
+
+
+def test_a_wrong_token_holds_events_until_it_is_fixed(pubsub_emulator, stack, history):
+    """The job's token goes wrong mid-replay (a botched rotation): nothing is dead-lettered or lost,
+    the events wait, and once the token file is right again every one is scored exactly once."""
+    df, table, booster = history
+    df = df.iloc[:600]
+    token_file = stack["tmp"] / "token"
+
+    def rotation(sent: int):
+        if sent == 50:
+            token_file.write_text("not-the-token\n")
+        if sent == 1000:
+            token_file.write_text(TLS["token"] + "\n")
+
+    scores, dead, _ = replay(pubsub_emulator, stack, df, during=rotation)
+    stack["job"].alive()
+    assert "refused the job's credentials (UNAUTHENTICATED" in stack["job"].log.read_text(), \
+        "the wrong token never reached the job"
+    check_accounting(df, scores, dead, [], label="wrong token, then fixed")
     check_no_skew(table, booster, scores)
