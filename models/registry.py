@@ -431,33 +431,6 @@ class Registry:
         self.storage.create(f"versions/{version}/{name}", signature)
         return name
 
-    def versions(self) -> list[str]:
-        """Complete versions, oldest first (ids start with their creation time, to the millisecond)."""
-        return sorted(k.split("/")[1] for k in self.storage.list("versions/") if k.endswith("/" + SEAL_FILE))
-
-    def metadata(self, version: str) -> dict:
-        """A version's verified metadata."""
-        self._check_exists(version)
-        meta_bytes = self.storage.read(f"versions/{version}/{METADATA_FILE}")
-        seal = self.storage.read(f"versions/{version}/{SEAL_FILE}").decode("ascii").strip()
-        if sha256(meta_bytes) != seal:
-            raise IntegrityError(f"version {version}: {METADATA_FILE} does not match its recorded sha256 "
-                                 f"(expected {seal[:12]}…, got {sha256(meta_bytes)[:12]}…); the version was modified or corrupted")
-        if self.keys is not None:
-            self._check_signature(version, meta_bytes)
-        return json.loads(meta_bytes)
-
-    def _signatures(self, version: str) -> dict[str, bytes]:
-        prefix = f"versions/{version}/"
-        names = [k[len(prefix):] for k in self.storage.list(prefix)]
-        return {n: self.storage.read(prefix + n) for n in names if "/" not in n and is_signature_file(n)}
-
-    def _check_signature(self, version: str, meta_bytes: bytes) -> str:
-        try:
-            return self.keys.verify(version, meta_bytes, self._signatures(version))
-        except SignatureError as exc:
-            raise UntrustedVersionError(str(exc)) from None
-
     def verify(self, version: str) -> dict[str, bytes]:
         """Read every file of a version, checking each against its sha256; returns their bytes."""
         return self._read_files(version, self.metadata(version))

@@ -28,6 +28,7 @@ import orjson
 import pytest
 import xgboost as xgb
 
+from models.predictor.tls_testing import self_signed
 from streaming.events import SCHEMA_TRANSACTION
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
@@ -71,33 +72,6 @@ class Proc:
 
     def alive(self) -> None:
         assert self.proc.poll() is None, f"{self.log.name} exited:\n{self.log.read_text()[-3000:]}"
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 / localhost and its key (PEM files)."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "predictor.crt", folder / "predictor.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
 
 
 #: Set by the ``stack`` fixture: the CA file and token the test's own probes use.
