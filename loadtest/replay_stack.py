@@ -14,7 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from streaming.pubsub_local import PubSubEmulator
-from streaming.up import TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model
+from streaming.up import (TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model,
+                         ensure_signing_keys)
 
 #: The job's input subscriptions (its defaults) and this load test's output subscriptions.
 SCORES_SUBSCRIPTION = "scores-loadtest"
