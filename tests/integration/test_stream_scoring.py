@@ -323,3 +323,27 @@ def test_a_wrong_token_holds_events_until_it_is_fixed(pubsub_emulator, stack, hi
         "the wrong token never reached the job"
     check_accounting(df, scores, dead, [], label="wrong token, then fixed")
     check_no_skew(table, booster, scores)
+
+
+def test_emulator_restarted_between_replays_the_job_carries_on(pubsub_emulator, stack, history):
+    """The Pub/Sub emulator is stopped and started again on the same port (its topics, subscriptions
+    and unacked messages are in memory: they go with it, so they are recreated). The job must
+    survive the outage and score everything published after it, once."""
+    df, table, booster = history
+    first, rest = df.iloc[:400], df.iloc[400:800]
+    scores, dead, _ = replay(pubsub_emulator, stack, first)
+    check_accounting(first, scores, dead, [], label="before the emulator restart")
+    pubsub_emulator.port = pubsub_emulator._port  # come back where the job's clients look
+    pubsub_emulator.stop()
+    time.sleep(5)  # the job's pulls fail meanwhile
+    stack["job"].alive()
+    pubsub_emulator.start()
+    names = stack["names"]
+    pubsub_emulator.ensure([*names.values()], {
+        f"{names['tx']}-job": names["tx"], f"{names['labels']}-job": names["labels"],
+        f"{names['scores']}-check": names["scores"], f"{names['dead']}-check": names["dead"],
+        f"{names['monitoring']}-check": names["monitoring"]})
+    later, dead_later, _ = replay(pubsub_emulator, stack, rest)
+    stack["job"].alive()
+    check_accounting(rest, later, dead_later, [], label="after the emulator restart")
+    check_no_skew(table, booster, later)
