@@ -14,7 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from streaming.pubsub_local import PubSubEmulator
-from streaming.up import TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model
+from streaming.up import (TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model,
+                         ensure_signing_keys)
 
 #: The job's input subscriptions (its defaults) and this load test's output subscriptions.
 SCORES_SUBSCRIPTION = "scores-loadtest"
@@ -54,11 +55,14 @@ class LocalStack:
         self.log(f"local stack: starting the Pub/Sub emulator (logs in {self.workdir}) ...")
         self.emulator = PubSubEmulator(data_dir=self.workdir / "emulator").start()
         self.emulator.ensure(TOPICS, SUBSCRIPTIONS)
-        self.version = ensure_production_model(self.registry, SimpleNamespace(
-            customers=100, terminals=200, history_days=60, seed=0))  # `streamscore up`'s defaults
+        up_args = SimpleNamespace(customers=100, terminals=200, history_days=60, seed=0,  # `streamscore up`'s defaults
+                                  registry=self.registry, signing_key_file=None, allow_unsigned=False)
+        serve_trust, job_trust = ensure_signing_keys(up_args)  # signed like `streamscore up`
+        self.version = ensure_production_model(self.registry, up_args)
         port = _free_port()
         self.predictor = _spawn(["serve", "--registry", str(self.registry), "--host", "127.0.0.1", "--port", str(port),
-                                 "--metrics-port", "0", "--poll-interval", "1"], self.workdir / "predictor.log")
+                                 "--metrics-port", "0", "--poll-interval", "1", *serve_trust],
+                                self.workdir / "predictor.log")
         _wait_serving(port, self.predictor)
         self.predictor_target = f"127.0.0.1:{port}"
         if self.shadow_model_file is not None:
@@ -69,7 +73,7 @@ class LocalStack:
             self.shadow_target = f"127.0.0.1:{shadow_port}"
         self.job = _spawn(["stream", "--project", self.emulator.project, "--emulator-host", self.emulator.host_port,
                            "--predictor", self.predictor_target, "--registry", str(self.registry),
-                           "--snapshot-every-labels", str(self.snapshot_every_labels), *self.job_args],
+                           "--snapshot-every-labels", str(self.snapshot_every_labels), *job_trust, *self.job_args],
                           self.workdir / "stream-job.log")
         time.sleep(1.0)
         self.check()

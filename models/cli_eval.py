@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from models.signing import add_trust_arguments
 from models.evaluation import HANDBOOK_RESULTS, PROTOCOLS, Split, feature_table_spec, read_feature_table
 from models.training import (
     GRIDS,
@@ -38,8 +39,9 @@ PROTOCOL_GRIDS = {"handbook-ch3": "default", "handbook-ch5": "handbook"}
 def _evaluate_model(args, table, spec) -> tuple[dict, list[FoldOutcome], dict]:
     from models.evaluation import assess
     from models.registry import Registry
+    from models.signing import keys_from_args
 
-    model = Registry.open(args.registry).load(args.model, expected_spec_hash=spec.spec_hash)
+    model = Registry.open(args.registry, keys=keys_from_args(args, signs=False)).load(args.model, expected_spec_hash=spec.spec_hash)
     recorded = model.metadata.get("data", {}).get("split", {})
     train_start = args.train_start or (recorded.get("train") or [None])[0]
     if train_start is None:
@@ -77,6 +79,7 @@ def run(argv: list[str] | None = None) -> int:
     add_spec_argument(parser)
     parser.add_argument("--json", dest="json_out", help="also write the full result as JSON here")
     parser.add_argument("--report", help="also write an HTML report here")
+    add_trust_arguments(parser, signs=False)
     args = parser.parse_args(argv)
 
     from models.report import write_report

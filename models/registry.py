@@ -41,6 +41,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from models.signing import (ALGORITHMS, ED25519, KeyFileError, KeyRing, SignatureError, add_key, add_trust_arguments,
+                            generate, is_signature_file, keys_from_args)
+
 MODEL_FILE = "model.ubj"
 METADATA_FILE = "metadata.json"
 SEAL_FILE = METADATA_FILE + ".sha256"
@@ -59,6 +62,10 @@ class RegistryError(Exception):
 
 class IntegrityError(RegistryError):
     """A stored file does not match its recorded sha256."""
+
+
+class UntrustedVersionError(RegistryError):
+    """A version is unsigned or its signature does not verify with a trusted key: nothing of it is deserialised."""
 
 
 class SpecMismatchError(RegistryError):
@@ -295,15 +302,25 @@ class LoadedModel:
 
 
 class Registry:
-    """Model versions and aliases on a :class:`Storage`."""
+    """Model versions and aliases on a :class:`Storage`.
 
-    def __init__(self, storage: Storage, clock: Callable[[], dt.datetime] | None = None):
+    With ``keys`` (a :class:`~models.signing.KeyRing`), every version written is signed with the
+    ring's signing key and every version read must carry a valid signature by a key of the ring:
+    :meth:`metadata` — through which every read goes — checks it on the raw metadata bytes before
+    parsing them, and the files' checksums in that metadata are then checked before a model is
+    deserialised. Without ``keys`` the registry neither signs nor checks signatures (checksums
+    only): the command line allows that only with ``--allow-unsigned`` (see :func:`models.signing.keys_from_args`).
+    """
+
+    def __init__(self, storage: Storage, clock: Callable[[], dt.datetime] | None = None, *,
+                 keys: KeyRing | None = None):
         self.storage = storage
+        self.keys = keys
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     @classmethod
-    def open(cls, location: str | os.PathLike) -> Registry:
-        return cls(open_storage(location))
+    def open(cls, location: str | os.PathLike, *, keys: KeyRing | None = None) -> Registry:
+        return cls(open_storage(location), keys=keys)
 
     def __repr__(self) -> str:
         return f"Registry({self.storage!r})"
@@ -321,7 +338,8 @@ class Registry:
 
         files = {MODEL_FILE: bytes(booster.save_raw(raw_format="ubj"))}
         for name, data in (extra_files or {}).items():
-            if name in (MODEL_FILE, ONLINE_FILE, METADATA_FILE, SEAL_FILE) or "/" in name or name.startswith("."):
+            if (name in (MODEL_FILE, ONLINE_FILE, METADATA_FILE, SEAL_FILE) or "/" in name or name.startswith(".")
+                    or is_signature_file(name)):
                 raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
             files[name] = bytes(data)
         return self._store(files, metadata, spec_hash, {"format": FORMAT, "xgboost_version": xgb.__version__})
@@ -350,9 +368,15 @@ class Registry:
         meta_bytes = _canonical(body)
         if self.storage.list(f"versions/{version}/"):
             raise RegistryError(f"version {version} already exists (the same model and metadata were registered this millisecond)")
+        if self.keys is not None and not self.keys.can_sign:
+            raise UntrustedVersionError("this registry's key ring can only verify (no sign_with key): "
+                                        "registering would write a version that nothing can trust")
         for name, data in files.items():
             self.storage.create(f"versions/{version}/{name}", data)
         self.storage.create(f"versions/{version}/{METADATA_FILE}", meta_bytes)
+        if self.keys is not None:
+            name, signature = self.keys.sign(version, meta_bytes)
+            self.storage.create(f"versions/{version}/{name}", signature)
         self.storage.create(f"versions/{version}/{SEAL_FILE}", sha256(meta_bytes).encode("ascii"))
         return version
 
@@ -368,11 +392,50 @@ class Registry:
         if sha256(meta_bytes) != seal:
             raise IntegrityError(f"version {version}: {METADATA_FILE} does not match its recorded sha256 "
                                  f"(expected {seal[:12]}…, got {sha256(meta_bytes)[:12]}…); the version was modified or corrupted")
+        if self.keys is not None:
+            self._check_signature(version, meta_bytes)
         return json.loads(meta_bytes)
+
+    def _signatures(self, version: str) -> dict[str, bytes]:
+        prefix = f"versions/{version}/"
+        names = [k[len(prefix):] for k in self.storage.list(prefix)]
+        return {n: self.storage.read(prefix + n) for n in names if "/" not in n and is_signature_file(n)}
+
+    def _check_signature(self, version: str, meta_bytes: bytes) -> str:
+        try:
+            return self.keys.verify(version, meta_bytes, self._signatures(version))
+        except SignatureError as exc:
+            raise UntrustedVersionError(str(exc)) from None
+
+    def sign(self, version: str, *, adopt: bool = False) -> str:
+        """Add this ring's signature to an existing version; returns the signature's file name.
+
+        Key rotation: with the old and the new key in the ring (signing with the new), the
+        version verifies by its old signature and gains one by the new key. ``adopt`` signs a
+        version that no key of the ring trusts yet (migrating an unsigned registry) after
+        checking its checksums only: the operator vouches for it, so run it only on a registry
+        whose contents you trust."""
+        if self.keys is None or not self.keys.can_sign:
+            raise UntrustedVersionError("signing needs a key ring with a sign_with key (--signing-key-file)")
+        self._check_exists(version)
+        meta_bytes = self.storage.read(f"versions/{version}/{METADATA_FILE}")
+        seal = self.storage.read(f"versions/{version}/{SEAL_FILE}").decode("ascii").strip()
+        if sha256(meta_bytes) != seal:
+            raise IntegrityError(f"version {version}: {METADATA_FILE} does not match its recorded sha256")
+        if not adopt:
+            self._check_signature(version, meta_bytes)
+        name, signature = self.keys.sign(version, meta_bytes)
+        if name in self._signatures(version):
+            return name
+        self._read_files(version, json.loads(meta_bytes))  # every file matches the manifest being signed
+        self.storage.create(f"versions/{version}/{name}", signature)
+        return name
 
     def verify(self, version: str) -> dict[str, bytes]:
         """Read every file of a version, checking each against its sha256; returns their bytes."""
-        meta = self.metadata(version)
+        return self._read_files(version, self.metadata(version))
+
+    def _read_files(self, version: str, meta: dict) -> dict[str, bytes]:
         out = {}
         for name, info in meta["files"].items():
             try:
@@ -508,10 +571,24 @@ def run(argv: list[str] | None = None) -> int:
     promote = sub.add_parser("promote", help="point the production alias at VERSION")
     promote.add_argument("version")
     sub.add_parser("rollback", help="point production back at the version before the last promotion")
+    sign = sub.add_parser("sign", help="add the key ring's signature to VERSION (key rotation; --adopt: an unsigned one)")
+    sign.add_argument("version")
+    sign.add_argument("--adopt", action="store_true",
+                      help="sign a version no trusted key signed yet, after checking its checksums only "
+                           "(migrating an unsigned registry you trust)")
+    keygen = sub.add_parser("keygen", help="write a new key ring (mode 600) and, for ed25519, its verify-only half")
+    keygen.add_argument("--out", required=True, help="the new key ring file (must not exist)")
+    keygen.add_argument("--public-out", help="also write the verify-only ring (ed25519 public keys) here")
+    keygen.add_argument("--key-id", required=True, help="the key's id, e.g. trainer-2026-12")
+    keygen.add_argument("--alg", choices=ALGORITHMS, default=ED25519)
+    keygen.add_argument("--add-to", help="rotation: copy this ring's keys in and sign with the new key")
+    add_trust_arguments(parser, signs=False)
     args = parser.parse_args(argv)
 
-    registry = Registry.open(args.registry)
     try:
+        if args.action == "keygen":
+            return _keygen(args)
+        registry = Registry.open(args.registry, keys=keys_from_args(args, signs=args.action == "sign"))
         if args.action == "list":
             current, online = registry.alias()["version"], registry.alias(ONLINE)["version"]
             print(f"{'':2}{'version':<32} {'kind':<7} {'created (UTC)':<30} {'AUC':>6} {'AP':>6} {'CP@100':>6}  spec")
@@ -528,12 +605,26 @@ def run(argv: list[str] | None = None) -> int:
         elif args.action == "promote":
             state = registry.promote(args.version)
             print(f"production -> {state['version']}")
+        elif args.action == "sign":
+            print(f"{args.version}: {registry.sign(args.version, adopt=args.adopt)}")
         else:
             state = registry.rollback()
             print(f"production -> {state['version']} (rolled back)")
-    except RegistryError as exc:
+    except (RegistryError, KeyFileError, SignatureError) as exc:
         print(f"streamscore registry: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _keygen(args) -> int:
+    ring = generate(args.key_id, args.alg)
+    if args.add_to:
+        ring = add_key(KeyRing.load(args.add_to), ring.keys[0], sign_with=True)
+    ring.save(args.out)
+    print(f"{args.out}: key ring {', '.join(k.key_id for k in ring.keys)}; signs with {ring.sign_with}")
+    if args.public_out:
+        ring.save(args.public_out, public_only=True)
+        print(f"{args.public_out}: its verify-only ring (give this one to predictors)")
     return 0
 
 

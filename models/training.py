@@ -443,6 +443,7 @@ def run(argv: list[str] | None = None) -> int:
     """``streamscore train``: choose parameters on validation folds, train, test, register."""
     from models import registry as registry_mod
     from models.report import write_report
+    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
 
     parser = argparse.ArgumentParser(prog="streamscore train", description=run.__doc__)
     parser.add_argument("--features", required=True, help="feature table (.parquet) from `streamscore featurize`")
@@ -455,10 +456,15 @@ def run(argv: list[str] | None = None) -> int:
     add_spec_argument(parser)
     parser.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
     parser.add_argument("--promote", action="store_true", help="point the production alias at the new version")
+    add_trust_arguments(parser, signs=True)
     parser.add_argument("--report", help="also write an HTML report of the test period here")
     args = parser.parse_args(argv)
     if args.valid_folds < 0:
         parser.error(f"--valid-folds must be >= 0, got {args.valid_folds}")
+    try:
+        keys = keys_from_args(args, signs=True)  # before training: a missing key must not cost a training run
+    except KeyFileError as exc:
+        parser.error(str(exc))
 
     spec = feature_table_spec(args.features, args.spec)
     table = read_feature_table(args.features, spec.names, spec.spec_hash)
@@ -474,7 +480,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.report:
             with open(args.report, "w", encoding="utf-8") as fh:
                 fh.write(html)
-    registry = registry_mod.Registry.open(args.registry)
+    registry = registry_mod.Registry.open(args.registry, keys=keys)
     meta = result.metadata()
     meta["data"]["features"] = str(args.features)
     meta["data"]["grid"] = {"name": args.grid, "candidates": grid, "select_by": args.select_by}

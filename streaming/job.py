@@ -39,6 +39,7 @@ from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubS
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
 from streaming.events import (
     DEFAULT_MAX_BYTES,
     SCHEMA_ATTRIBUTE,
@@ -57,7 +58,7 @@ from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import LEARNER_KEY, LearnerFn
-from streaming.scoring import ALERTS, ScoreFn
+from streaming.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
 LOCAL_RUNNERS = frozenset({LOCAL_RUNNER, "DirectRunner", "SwitchingDirectRunner"})
@@ -79,6 +80,9 @@ class JobConfig:
     id_label: str | None = None
     predictor: str | None = None
     predictor_deadline: float = 10.0
+    predictor_tls_ca: str | None = None  # PEM roots: TLS to the predictor
+    predictor_token_file: str | None = None  # bearer token, read on the workers
+    signing_key_file: str | None = None  # the registry key ring the learner signs its snapshots with
     scores_topic: str = "scores"
     alerts_topic: str = "alerts"
     alert_threshold: float = 0.5
@@ -202,7 +206,8 @@ class StreamingJob(beam.PTransform):
         if config.predictor:
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
                 config.predictor, self.spec, alert_threshold=config.alert_threshold,
-                deadline=config.predictor_deadline)).with_outputs(DEAD_LETTER, ALERTS, main="scores")
+                deadline=config.predictor_deadline, token_file=config.predictor_token_file,
+                tls_ca_file=config.predictor_tls_ca)).with_outputs(DEAD_LETTER, ALERTS, main="scores")
             scored.scores | "WriteScores" >> WriteToPubSub(config.topic(config.scores_topic), with_attributes=True)
             scored[ALERTS] | "WriteAlerts" >> WriteToPubSub(config.topic(config.alerts_topic), with_attributes=True)
             dead.append(scored[DEAD_LETTER])
@@ -216,7 +221,8 @@ class StreamingJob(beam.PTransform):
                     beam.typehints.KV[str, Any])
                 | LearnerFn.__name__ >> beam.ParDo(LearnerFn(
                     config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
-                    snapshot_every_seconds=config.snapshot_every_seconds)).with_outputs(DEAD_LETTER, main="monitoring")
+                    snapshot_every_seconds=config.snapshot_every_seconds, signing_key_file=config.signing_key_file,
+                    predictor_token_file=config.predictor_token_file, predictor_tls_ca_file=config.predictor_tls_ca)).with_outputs(DEAD_LETTER, main="monitoring")
             )
             learned.monitoring | "WriteMonitoring" >> WriteToPubSub(
                 config.topic(config.monitoring_topic), with_attributes=True)
@@ -257,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--predictor", default=None, help="HOST:PORT of `streamscore serve`; without it the job "
                          "publishes features instead of scores")
     scoring.add_argument("--predictor-deadline", type=float, default=10.0, help="seconds per scoring call (default 10)")
+    scoring.add_argument("--predictor-tls-ca", default=None,
+                         help="PEM root certificates: speak TLS to the predictor (its `serve --tls-cert` chain's root)")
+    scoring.add_argument("--predictor-token-file", default=None,
+                         help="file holding the predictor's bearer token (`serve --auth-token-file`); in production "
+                              "a mounted secret. Read on the workers, again after each refusal")
     scoring.add_argument("--scores-topic", default="scores")
     scoring.add_argument("--alerts-topic", default="alerts")
     scoring.add_argument("--alert-threshold", type=float, default=0.5, help="score at or above which to alert")
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long a scored feature vector waits for its label (default 8)")
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
+    add_trust_arguments(scoring, signs=True)
     local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
@@ -318,6 +330,16 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
     if args.local_pull_size < 1 or not args.local_pull_deadline > 0:
         raise ValueError(f"--local-pull-size must be >= 1 and --local-pull-deadline > 0, got "
                          f"{args.local_pull_size} and {args.local_pull_deadline}")
+    signing_key_file = None
+    if args.registry and args.predictor:  # the learner writes (signed) snapshots: check the ring now, not on a worker
+        if keys_from_args(args, signs=True) is not None:
+            signing_key_file = args.signing_key_file or os.environ[KEY_FILE_ENV]
+    if args.predictor_tls_ca:
+        read_tls_roots(args.predictor_tls_ca)
+    if args.predictor_token_file:
+        read_token(args.predictor_token_file)
+    if (args.predictor_tls_ca or args.predictor_token_file) and not args.predictor:
+        raise ValueError("--predictor-tls-ca and --predictor-token-file need --predictor")
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -327,6 +349,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         allowed_lateness_days=args.allowed_lateness_days, timestamp_attribute=args.timestamp_attribute,
         id_label=args.id_label or None,
         predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
+        predictor_tls_ca=args.predictor_tls_ca, predictor_token_file=args.predictor_token_file,
+        signing_key_file=signing_key_file,
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,

@@ -8,7 +8,8 @@ single :class:`LearnerFn` sees them all, in order. For each example it
    ADWIN :class:`~models.online.DriftMonitor` (a drift event goes to the ``monitoring`` topic);
 2. updates the :class:`~models.online.OnlineLearner` (predict first, then learn: prequential);
 3. every ``snapshot_every_labels`` labels or ``snapshot_every_seconds`` seconds, writes a
-   checksummed snapshot to the registry (``online`` alias) — the predictor hot-loads it — and
+   checksummed snapshot, signed with the job's key when it has one (:mod:`models.signing`), to
+   the registry (``online`` alias) — the predictor hot-loads it — and
    reports it with the prequential metrics on the ``monitoring`` topic.
 
 The seconds are kept by a processing-time timer, set when the first label after a snapshot
@@ -37,7 +38,7 @@ from streaming.events import SCHEMA_ATTRIBUTE
 from streaming.features.spec import FeatureSpec
 from streaming.guard import guarded
 from streaming.labelled import Example
-from streaming.scoring import ScoringClient
+from streaming.scoring import ScoringClient, read_tls_roots
 
 SCHEMA_MONITORING = "streamscore.monitoring.v1"
 LEARNER_KEY = "learner"
@@ -67,8 +68,14 @@ class LearnerFn(beam.DoFn):
 
     def __init__(self, registry: str, spec: FeatureSpec, predictor: str | None, *,
                  snapshot_every_labels: int = 500, snapshot_every_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, signing_key_file: str | None = None,
+                 predictor_token_file: str | None = None, predictor_tls_ca_file: str | None = None):
         self.registry = registry
+        # Paths, read on the worker: no key or token is pickled into the pipeline graph. Without a
+        # signing key the snapshots are unsigned (the command line allows that only with --allow-unsigned).
+        self.signing_key_file = signing_key_file
+        self.predictor_token_file = predictor_token_file
+        self.predictor_tls_ca_file = predictor_tls_ca_file
         self.spec = spec
         self.predictor = predictor
         self.snapshot_every_labels = snapshot_every_labels
@@ -80,9 +87,14 @@ class LearnerFn(beam.DoFn):
 
     def setup(self):
         from models.registry import Registry
+        from models.signing import KeyRing
 
-        self._registry = Registry.open(self.registry)
-        self._client = ScoringClient(self.predictor) if self.predictor else None
+        keys = KeyRing.load(self.signing_key_file) if self.signing_key_file else None
+        self._registry = Registry.open(self.registry, keys=keys)
+        self._client = ScoringClient(
+            self.predictor, token_file=self.predictor_token_file,
+            tls_roots=read_tls_roots(self.predictor_tls_ca_file) if self.predictor_tls_ca_file else None,
+        ) if self.predictor else None
 
     @guarded("learn")
     def process(self, element, state=beam.DoFn.StateParam(STATE), flush=beam.DoFn.TimerParam(FLUSH)):

@@ -12,15 +12,24 @@
   exponential backoff **without limit**: the job waits for the predictor, it never drops or
   skips an event. A message the predictor rejects (e.g. a NaN feature) is not retried: it
   goes to the dead-letter output with the predictor's reason, stage ``score``.
+* A secured predictor (``serve --tls-cert/--tls-key --auth-token-file``): the channel is TLS
+  with the given root certificates, and every call carries ``authorization: Bearer <token>``.
+  The token is read from a file (a mounted secret, e.g. Secret Manager through the CSI driver
+  or a Kubernetes Secret) on the worker, never shipped in the pipeline graph. A refused
+  credential (``UNAUTHENTICATED``/``PERMISSION_DENIED``) is the job's configuration, not the
+  event's fault: it is logged as an error, the token file is read again (so a rotated token is
+  picked up) and the call is retried like an outage — events wait, none is dead-lettered or lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import apache_beam as beam
 import grpc
@@ -46,6 +55,9 @@ RETRYABLE = frozenset({
     grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
 })
 
+#: Credentials refused: retried (with the token file read again), never blamed on the events.
+AUTH_FAILURES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
 _CHANNELS: dict[tuple, grpc.Channel] = {}
 _LOCK = threading.Lock()
 
@@ -63,15 +75,33 @@ def channel_options(target: str) -> list[tuple[str, object]]:
     return options
 
 
-def channel_for(target: str, token: str | None = None) -> grpc.Channel:
-    """The process-wide channel to ``target`` (created once, reused across bundles)."""
-    key = (target, token)
+def channel_for(target: str, tls_roots: bytes | None = None) -> grpc.Channel:
+    """The process-wide channel to ``target`` (created once, reused across bundles); TLS when
+    ``tls_roots`` (PEM root certificates) is given, plaintext otherwise."""
+    key = (target, tls_roots)
     with _LOCK:
         channel = _CHANNELS.get(key)
         if channel is None:
-            channel = grpc.insecure_channel(target, options=channel_options(target))
+            options = channel_options(target)
+            channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_roots), options)
+                       if tls_roots is not None else grpc.insecure_channel(target, options=options))
             _CHANNELS[key] = channel
         return channel
+
+
+def read_token(path: str) -> str:
+    """A bearer token from a file (surrounding whitespace dropped); a clear error when it is empty."""
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"predictor token file {path} is empty")
+    return token
+
+
+def read_tls_roots(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValueError(f"predictor TLS roots {path}: expected PEM certificates (-----BEGIN CERTIFICATE-----)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -110,16 +140,25 @@ class ScoringClient:
     """Scores batches of feature vectors (KServe ``ModelInfer``, else ``ScoreStream``), retrying transport failures."""
 
     def __init__(self, target: str, *, deadline: float = 10.0, token: str | None = None,
+                 token_file: str | None = None, tls_roots: bytes | None = None,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep):
+        if token is not None and token_file is not None:
+            raise ValueError("give the predictor token or its file, not both")
         self.target = target
         self.deadline = deadline
-        self.token = token
+        self.token_file = token_file
+        self.token = read_token(token_file) if token_file is not None else token
+        self.tls_roots = tls_roots
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.retries = 0
+        self.auth_failures = 0
+
+    def _channel(self) -> grpc.Channel:
+        return channel_for(self.target, self.tls_roots)
 
     def _stub(self) -> scorer_pb2_grpc.ScorerStub:
-        return scorer_pb2_grpc.ScorerStub(channel_for(self.target, self.token))
+        return scorer_pb2_grpc.ScorerStub(self._channel())
 
     @property
     def _metadata(self):
@@ -130,7 +169,7 @@ class ScoringClient:
         X = np.ascontiguousarray(np.asarray([values for _, values in items], dtype="<f8"))
         request = kserve_pb.ModelInferRequest(model_name="production", raw_input_contents=[X.tobytes()])
         request.inputs.add(name="features", datatype="FP64", shape=list(X.shape))
-        stub = kserve_grpc.GRPCInferenceServiceStub(channel_for(self.target, self.token))
+        stub = kserve_grpc.GRPCInferenceServiceStub(self._channel())
         response = stub.ModelInfer(request, timeout=self.deadline, metadata=self._metadata)
         outputs = {out.name: np.frombuffer(raw, dtype="<f8")
                    for out, raw in zip(response.outputs, response.raw_output_contents)}
@@ -179,7 +218,12 @@ class ScoringClient:
                 if batched and code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
                     batched = False  # some row is refused (or no KServe here): find out which, one message each
                     continue
-                if code not in RETRYABLE and hasattr(exc, "code"):
+                if code in AUTH_FAILURES:
+                    self.auth_failures += 1
+                    log.error("predictor at %s refused the job's credentials (%s: %s); %d messages wait: fix the "
+                              "token%s", self.target, code.name, exc.details(), len(items),
+                              f" in {self.token_file} (read again before each retry)" if self.token_file else "")
+                elif code not in RETRYABLE and hasattr(exc, "code"):
                     # the whole call was refused (e.g. auth): every message gets the reason
                     reason = f"predictor refused the batch: {code.name}: {exc.details()}"
                     return [Scored(tid, None, "", error=reason) for tid, _ in items]
@@ -190,6 +234,9 @@ class ScoringClient:
                 log.warning("predictor at %s: %s; retrying %d messages in %.1f s", self.target,
                             code.name if hasattr(code, "name") else code, len(items), delay)
                 self.sleep(delay)
+                if code in AUTH_FAILURES and self.token_file is not None:
+                    with contextlib.suppress(OSError, ValueError):  # mid-rotation: keep the last good one
+                        self.token = read_token(self.token_file)
 
 
 # --------------------------------------------------------------------------- Beam
@@ -213,21 +260,26 @@ class ScoreFn(beam.DoFn):
     """
 
     def __init__(self, target: str, spec: FeatureSpec, *, alert_threshold: float = 0.5, deadline: float = 10.0,
-                 max_batch: int = 500, token: str | None = None):
+                 max_batch: int = 500, token: str | None = None, token_file: str | None = None,
+                 tls_ca_file: str | None = None):
         self.target = target
         self.spec = spec
         self.alert_threshold = alert_threshold
         self.deadline = deadline
         self.max_batch = max_batch
         self.token = token
+        self.token_file = token_file  # read on the worker: the token is not pickled into the pipeline
+        self.tls_ca_file = tls_ca_file
         self._scored = Metrics.counter(self.__class__, "scored")
         self._alerts = Metrics.counter(self.__class__, "alerts")
         self._rejected = Metrics.counter(self.__class__, "rejected")
         self._retries = Metrics.counter(self.__class__, "retries")
         self._guard_failures = Metrics.counter(self.__class__, GUARD_COUNTER)
+        self._auth_failures = Metrics.counter(self.__class__, "auth_failures")
 
     def setup(self):
-        self._client = ScoringClient(self.target, deadline=self.deadline, token=self.token)
+        self._client = ScoringClient(self.target, deadline=self.deadline, token=self.token, token_file=self.token_file,
+                                     tls_roots=read_tls_roots(self.tls_ca_file) if self.tls_ca_file else None)
 
     def start_bundle(self):
         self._buffer = []
@@ -244,7 +296,7 @@ class ScoreFn(beam.DoFn):
         batch, self._buffer = self._buffer, []
         if not batch:
             return
-        before = self._client.retries
+        before, refused = self._client.retries, self._client.auth_failures
         try:
             results = self._client.score_many([(f.transaction.transaction_id, f.features) for f, _, _ in batch])
         except Exception as exc:  # the last-resort guard (streaming.guard): the batch's dead letters, not a crash
@@ -252,6 +304,7 @@ class ScoreFn(beam.DoFn):
             reason = failure_reason("score", exc)
             results = [Scored(f.transaction.transaction_id, None, "", error=reason) for f, _, _ in batch]
         self._retries.inc(self._client.retries - before)
+        self._auth_failures.inc(self._client.auth_failures - refused)
         for (featured, timestamp, window), scored in zip(batch, results):
             try:
                 outputs = list(self._outputs(featured, scored, timestamp, window))

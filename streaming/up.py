@@ -167,17 +167,41 @@ def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event
         subscriber.close()
 
 
+def ensure_signing_keys(args) -> tuple[list[str], list[str]]:
+    """The registry trust flags for the predictor and for the job. Unless ``--allow-unsigned``,
+    the demo's key ring (``--signing-key-file``, generated beside the registry when absent; never
+    inside it) signs the models and the learner's snapshots, and the predictor gets only its
+    verify-only half."""
+    from models.signing import ED25519, KeyRing, generate
+
+    if args.allow_unsigned:
+        return ["--allow-unsigned"], ["--allow-unsigned"]
+    path = args.signing_key_file or args.registry.parent / f"{args.registry.name}-signing-key.json"
+    public = path.with_name(path.stem + ".public.json")
+    if not path.exists():
+        generate("demo-1", ED25519).save(path)
+        print(f"{PROG}: generated the registry signing key {path} (keep it out of the registry)", flush=True)
+    ring = KeyRing.load(path)
+    if not public.exists() or KeyRing.load(public) != ring.public():
+        public.unlink(missing_ok=True)
+        ring.save(public, public_only=True)
+    args.keys = ring
+    return ["--signing-key-file", str(public)], ["--signing-key-file", str(path)]
+
+
 def ensure_production_model(registry_dir: Path, args) -> str:
-    """The production version, training one on a simulated history first if there is none."""
+    """The production version, training one on a simulated history first if there is none
+    (or if the one there is not signed by the demo's key)."""
     from models.registry import Registry, RegistryError
     from models.training import booster_params
     from streaming.features.batch import featurize_frame
 
-    registry = Registry.open(registry_dir)
+    registry = Registry.open(registry_dir, keys=getattr(args, "keys", None))
     try:
-        return registry.resolve()
-    except RegistryError:
-        pass
+        return registry.metadata(registry.resolve())["version"]
+    except RegistryError as exc:
+        if "no version is in production" not in str(exc):
+            print(f"{PROG}: the production model is not usable here ({exc})", flush=True)
     import xgboost as xgb
 
     print(f"{PROG}: no production model in {registry_dir}; training one on a simulated history ...", flush=True)
@@ -255,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting after this many seconds")
     parser.add_argument("--summary", type=Path, help="also write the summary as JSON here")
     parser.add_argument("--workdir", type=Path, help="folder for logs (default: a temporary folder)")
+    parser.add_argument("--signing-key-file", type=Path,
+                        help="registry key ring (default: REGISTRY-signing-key.json beside the registry, generated "
+                             "when absent)")
+    parser.add_argument("--allow-unsigned", action="store_true", help="run the demo without signed versions")
     return parser
 
 
@@ -272,15 +300,17 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         print(f"{PROG}: starting the Pub/Sub emulator ...", flush=True)
         emulator.start()
         emulator.ensure(TOPICS, SUBSCRIPTIONS)
+        serve_trust, job_trust = ensure_signing_keys(args)
         version = ensure_production_model(args.registry, args)
         port = _free_port()
         predictor = _spawn(["serve", "--registry", str(args.registry), "--host", "127.0.0.1", "--port", str(port),
-                            "--metrics-port", "0", "--poll-interval", "1"], workdir / "predictor.log")
+                            "--metrics-port", "0", "--poll-interval", "1", *serve_trust], workdir / "predictor.log")
         _wait_serving(port, predictor)
         print(f"{PROG}: predictor serving {version} on 127.0.0.1:{port}", flush=True)
         job = _spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
                       "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
-                      "--snapshot-every-labels", str(args.snapshot_every_labels)], workdir / "stream-job.log")
+                      "--snapshot-every-labels", str(args.snapshot_every_labels), *job_trust],
+                     workdir / "stream-job.log")
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
         progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
         print(f"{PROG}: emulator at {emulator.host_port}; streaming job pid {job.pid}; replaying {len(df):,} "

@@ -71,16 +71,18 @@ class ModelSource(Protocol):
 class RegistrySource:
     """:class:`ModelSource` over :class:`models.registry.Registry` (a directory or ``gs://`` prefix).
 
-    The registry's ``load`` verifies every file's sha256 and the feature-spec hash; its errors
-    (``IntegrityError``, ``SpecMismatchError``, ...) become refusals in :func:`load_model`.
+    The registry's ``load`` verifies the version's signature (with ``keys``: see
+    :mod:`models.signing`), every file's sha256 and the feature-spec hash before deserialising;
+    its errors (``UntrustedVersionError``, ``IntegrityError``, ``SpecMismatchError``, ...) become
+    refusals in :func:`load_model`.
     """
 
-    def __init__(self, location: str | Path, spec_hash: str | None = None):
+    def __init__(self, location: str | Path, spec_hash: str | None = None, keys=None):
         from models.registry import Registry
 
         self.location = location
         self.spec_hash = spec_hash or default_spec_hash()
-        self._registry = Registry.open(location)
+        self._registry = Registry.open(location, keys=keys)
 
     def production_version(self) -> str | None:
         return self._registry.alias()["version"]

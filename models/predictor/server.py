@@ -48,6 +48,7 @@ from models.predictor.lifecycle import ONLINE, FileSource, ModelSource, ModelWat
 from models.predictor.metrics import Telemetry
 from models.predictor.errors import Undecodable
 from models.predictor.grpc_io import grpc_io_env, grpc_io_in_effect
+from models.signing import KeyRing, add_trust_arguments, keys_from_args
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class ServerSettings:
     max_batch_size: int = 256
     settle_gc: bool = False  # the serving process's GC (see settle_gc); `streamscore serve` sets it
     online: bool = True  # follow the registry's online alias and answer online scores too
+    # The registry key ring (models.signing.KeyRing) versions must be signed by; None only with
+    # allow_unsigned (local development: checksums only, so registry write access = code execution).
+    signing_keys: KeyRing | None = None
+    allow_unsigned: bool = False
     # gRPC core's I/O (see GRPC_IO). It only takes effect before gRPC is imported: `streamscore
     # serve` sees to it (restart_with_grpc_io); a PredictorServer built in a process that already
     # imported grpc (tests) has that process's I/O. iomgr, measured on a busy 2-core box: ~10 %
@@ -98,6 +103,9 @@ class ServerSettings:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.grpc_io not in GRPC_IO:
             raise ValueError(f"grpc_io must be one of {', '.join(GRPC_IO)}, got {self.grpc_io!r}")
+        if self.registry is not None and self.signing_keys is None and not self.allow_unsigned:
+            raise ValueError("a registry is served only with its key ring (--signing-key-file) or, for local "
+                             "development, --allow-unsigned")
 
 
 def restart_with_grpc_io(settings: ServerSettings, argv: list[str], *, env=os.environ, execve=os.execve) -> None:
@@ -297,7 +305,8 @@ class PredictorServer:
                                       telemetry=self.telemetry)
         self.telemetry.track_in_flight(lambda: self.guard.in_flight)
         if source is None and settings.registry is not None:
-            source = RegistrySource(settings.registry)  # opening does not read: an empty registry is fine
+            # opening does not read: an empty registry is fine
+            source = RegistrySource(settings.registry, keys=settings.signing_keys)
         elif source is None and settings.model_file is not None:
             source = FileSource(settings.model_file)
         self.watcher = (ModelWatcher(self.scorer, source, poll_interval=settings.poll_interval,
@@ -434,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="auto: uvloop when installed (less gRPC overhead per request), else asyncio")
     p.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    add_trust_arguments(p, signs=False)
     return p
 
 
@@ -447,13 +457,14 @@ def settings_from_args(args: argparse.Namespace, env=os.environ) -> ServerSettin
         raise ValueError(f"--registry {args.registry} is not a directory (or gs://bucket/prefix)")
     if args.model_file is not None and not args.model_file.is_file():
         raise ValueError(f"--model-file {args.model_file} is not a file")
+    keys = keys_from_args(args, signs=False, env=env) if args.registry is not None else None
     return ServerSettings(registry=args.registry, model_file=args.model_file, host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                           tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
                           max_in_flight=args.max_in_flight, max_message_bytes=args.max_message_bytes,
                           poll_interval=args.poll_interval, grace=args.grace, backend=args.backend,
                           max_batch_size=args.max_batch_size, settle_gc=True, online=args.online,
-                          grpc_io=args.grpc_io)
+                          grpc_io=args.grpc_io, signing_keys=keys, allow_unsigned=args.allow_unsigned)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ NAMES = list(DEFAULT_SPEC.names)
 def stack(tmp_path):
     """The replay's own local stack: emulator, predictor, scoring job, and the same model as a shadow candidate."""
     from models.registry import Registry
+    from models.signing import generate
 
     try:
         find_emulator()
@@ -40,7 +41,9 @@ def stack(tmp_path):
     y = (x[:, 0] + rng.normal(0, 0.5, 2000) > 2.0).astype(int)
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1, "seed": 0},
                         xgb.DMatrix(x, label=y, feature_names=NAMES), 10)
-    registry = Registry.open(tmp_path / "registry")
+    ring = generate("demo-1")
+    ring.save(tmp_path / "registry-signing-key.json")  # where LocalStack (like `streamscore up`) looks for it
+    registry = Registry.open(tmp_path / "registry", keys=ring)
     registry.promote(registry.register(booster, {"feature_names": NAMES}, spec_hash=DEFAULT_SPEC.spec_hash))
     booster.save_model(tmp_path / "candidate.json")
     with LocalStack(tmp_path / "registry", tmp_path / "stack", shadow_model_file=tmp_path / "candidate.json",

@@ -1,5 +1,10 @@
 """The streaming scoring job end to end: the real emulator, the real predictor, the real job.
 
+The stack runs as production should: the predictor serves TLS (a self-signed certificate made
+here) and requires a bearer token, the job speaks to it with the CA and the token file, and
+the registry is signed (the trainer's and the learner's Ed25519 keys; the predictor holds
+only their public halves).
+
 Accounting (scored + dead-lettered = published, by id), no training/serving skew (every
 streamed score equals the batch-featurised row's score), recovery when the predictor is
 killed mid-replay, and the online model advancing while the predictor serves it: scores
@@ -23,6 +28,7 @@ import orjson
 import pytest
 import xgboost as xgb
 
+from models.predictor.tls_testing import self_signed
 from streaming.events import SCHEMA_TRANSACTION
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
@@ -68,13 +74,23 @@ class Proc:
         assert self.proc.poll() is None, f"{self.log.name} exited:\n{self.log.read_text()[-3000:]}"
 
 
+#: Set by the ``stack`` fixture: the CA file and token the test's own probes use.
+TLS: dict = {}
+
+
+def channel(port: int):
+    import grpc
+
+    return grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(TLS["ca"].read_bytes()))
+
+
 def wait_serving(port: int, timeout: float = 60) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(port) as secure:
+        stub = health_pb2_grpc.HealthStub(secure)
         while time.monotonic() < deadline:
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
@@ -91,10 +107,11 @@ def served_online_version(port: int) -> str | None:
 
     from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with channel(port) as secure:
         request = scorer_pb2.ScoreRequest(transaction_id="probe", features=scorer_pb2.FeatureVector(
             values=[0.0] * len(NAMES)))
-        response = scorer_pb2_grpc.ScorerStub(channel).Score(request, timeout=5)
+        response = scorer_pb2_grpc.ScorerStub(secure).Score(
+            request, timeout=5, metadata=(("authorization", f"Bearer {TLS['token']}"),))
     return response.online_model_version if response.HasField("online_model_version") else None
 
 
@@ -125,11 +142,18 @@ def history():
 
 @pytest.fixture
 def stack(pubsub_emulator, tmp_path, history):
-    """Registry with a production model, a predictor and the scoring job with online learning."""
+    """Signed registry with a production model, a TLS + token predictor and the scoring job with online learning."""
     from models.registry import Registry
+    from models.signing import KeyRing, generate
 
     _, _, booster = history
-    registry = Registry.open(tmp_path / "registry")
+    trainer, learner = generate("trainer-1"), generate("learner-1")
+    learner.save(tmp_path / "learner-key.json")
+    (tmp_path / "verify.json").write_bytes(KeyRing((*trainer.public().keys, *learner.public().keys)).to_json())
+    cert, key = self_signed(tmp_path)
+    TLS.update(ca=cert, token=uuid.uuid4().hex)
+    (tmp_path / "token").write_text(TLS["token"] + "\n")
+    registry = Registry.open(tmp_path / "registry", keys=trainer)
     version = registry.register(booster, {"feature_names": NAMES}, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
     prefix = "sc" + uuid.uuid4().hex[:8]  # topic names must start with a letter
@@ -140,7 +164,9 @@ def stack(pubsub_emulator, tmp_path, history):
     pubsub_emulator.ensure([*names.values()], subs)
     port = free_port()
     serve_args = ["-m", "streaming.cli", "serve", "--registry", str(tmp_path / "registry"), "--port", str(port),
-                  "--host", "127.0.0.1", "--metrics-port", "0", "--poll-interval", "0.5"]
+                  "--host", "127.0.0.1", "--metrics-port", "0", "--poll-interval", "0.5",
+                  "--signing-key-file", str(tmp_path / "verify.json"), "--tls-cert", str(cert), "--tls-key", str(key),
+                  "--auth-token-file", str(tmp_path / "token")]
     predictor = Proc(serve_args, tmp_path / "serve.log")
     wait_serving(port)
     job = Proc(["-m", "streaming.job", "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
@@ -148,10 +174,13 @@ def stack(pubsub_emulator, tmp_path, history):
                 "--scores-topic", names["scores"], "--alerts-topic", names["alerts"], "--dead-letter-topic", names["dead"],
                 "--monitoring-topic", names["monitoring"], "--predictor", f"127.0.0.1:{port}",
                 "--registry", str(tmp_path / "registry"), "--snapshot-every-labels", "200",
+                "--signing-key-file", str(tmp_path / "learner-key.json"), "--predictor-tls-ca", str(cert),
+                "--predictor-token-file", str(tmp_path / "token"),
                 "--snapshot-every-seconds", str(SNAPSHOT_SECONDS)], tmp_path / "job.log")
     time.sleep(3)
     job.alive()
-    state = {"names": names, "registry": registry, "port": port, "predictor": predictor, "job": job,
+    state = {"names": names, "registry": Registry.open(tmp_path / "registry", keys=KeyRing.load(tmp_path / "verify.json")),
+             "port": port, "predictor": predictor, "job": job,
              "serve_args": serve_args, "version": version, "tmp": tmp_path}
     yield state
     job.stop()
@@ -180,8 +209,11 @@ def replay(emulator, stack, df, malformed=(), during=None):
     return [orjson.loads(m.data) for m in scores], [orjson.loads(m.data) for m in dead], None
 
 
-def check_accounting(df, scores, dead, malformed_ids):
+def check_accounting(df, scores, dead, malformed_ids, label="replay"):
     ids = [s["transaction_id"] for s in scores]
+    published = {str(i) for i in df["TRANSACTION_ID"]}
+    print(f"\n{label}: published {len(published)}, scores {len(ids)}, duplicates {len(ids) - len(set(ids))}, "
+          f"lost {len(published - set(ids))}, dead-lettered {len(dead)}")
     assert len(ids) == len(set(ids)), "a transaction was scored twice"
     assert sorted(ids, key=int) == [str(i) for i in df["TRANSACTION_ID"]], "scored set != published set"
     assert sorted(d["transaction_id"] for d in dead) == sorted(malformed_ids)
@@ -268,5 +300,50 @@ def test_predictor_killed_mid_replay_loses_nothing(pubsub_emulator, stack, histo
     assert "proc" in restarted
     stack["job"].alive()
     assert "UNAVAILABLE; retrying" in stack["job"].log.read_text(), "the outage never reached the job"
-    check_accounting(df, scores, dead, [])
+    check_accounting(df, scores, dead, [], label="predictor SIGKILL + restart under TLS and a token")
     check_no_skew(table, booster, scores)
+
+
+def test_a_wrong_token_holds_events_until_it_is_fixed(pubsub_emulator, stack, history):
+    """The job's token goes wrong mid-replay (a botched rotation): nothing is dead-lettered or lost,
+    the events wait, and once the token file is right again every one is scored exactly once."""
+    df, table, booster = history
+    df = df.iloc[:600]
+    token_file = stack["tmp"] / "token"
+
+    def rotation(sent: int):
+        if sent == 50:
+            token_file.write_text("not-the-token\n")
+        if sent == 1000:
+            token_file.write_text(TLS["token"] + "\n")
+
+    scores, dead, _ = replay(pubsub_emulator, stack, df, during=rotation)
+    stack["job"].alive()
+    assert "refused the job's credentials (UNAUTHENTICATED" in stack["job"].log.read_text(), \
+        "the wrong token never reached the job"
+    check_accounting(df, scores, dead, [], label="wrong token, then fixed")
+    check_no_skew(table, booster, scores)
+
+
+def test_emulator_restarted_between_replays_the_job_carries_on(pubsub_emulator, stack, history):
+    """The Pub/Sub emulator is stopped and started again on the same port (its topics, subscriptions
+    and unacked messages are in memory: they go with it, so they are recreated). The job must
+    survive the outage and score everything published after it, once."""
+    df, table, booster = history
+    first, rest = df.iloc[:400], df.iloc[400:800]
+    scores, dead, _ = replay(pubsub_emulator, stack, first)
+    check_accounting(first, scores, dead, [], label="before the emulator restart")
+    pubsub_emulator.port = pubsub_emulator._port  # come back where the job's clients look
+    pubsub_emulator.stop()
+    time.sleep(5)  # the job's pulls fail meanwhile
+    stack["job"].alive()
+    pubsub_emulator.start()
+    names = stack["names"]
+    pubsub_emulator.ensure([*names.values()], {
+        f"{names['tx']}-job": names["tx"], f"{names['labels']}-job": names["labels"],
+        f"{names['scores']}-check": names["scores"], f"{names['dead']}-check": names["dead"],
+        f"{names['monitoring']}-check": names["monitoring"]})
+    later, dead_later, _ = replay(pubsub_emulator, stack, rest)
+    stack["job"].alive()
+    check_accounting(rest, later, dead_later, [], label="after the emulator restart")
+    check_no_skew(table, booster, later)

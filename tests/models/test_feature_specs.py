@@ -79,7 +79,7 @@ def test_evaluate_and_train_use_the_tables_spec(extended_file, tmp_path, capsys)
 
     reg = tmp_path / "reg"
     assert training.run(["--features", str(extended_file), "--train-start", "2018-07-25", "--grid", "default",
-                         "--valid-folds", "0", "--registry", str(reg), "--nthread", "1"]) == 0
+                         "--valid-folds", "0", "--registry", str(reg), "--nthread", "1", "--allow-unsigned"]) == 0
     version = json.loads(capsys.readouterr().out)["version"]
     registry = Registry.open(reg)
     model = registry.load(version, expected_spec_hash=EXTENDED_SPEC.spec_hash)
@@ -87,7 +87,8 @@ def test_evaluate_and_train_use_the_tables_spec(extended_file, tmp_path, capsys)
     with pytest.raises(SpecMismatchError):  # a predictor on the reference features refuses it
         registry.load(version, expected_spec_hash=DEFAULT_SPEC.spec_hash)
     # and the registered model scores the table it was evaluated on
-    assert cli_eval.run(["--features", str(extended_file), "--model", version, "--registry", str(reg)]) == 0
+    assert cli_eval.run(["--features", str(extended_file), "--model", version, "--registry", str(reg),
+                         "--allow-unsigned"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == version
 
 

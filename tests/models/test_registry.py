@@ -274,16 +274,17 @@ def test_gcs_storage_with_a_fake_bucket():
 def test_registry_command_line(registry, tmp_path, capsys):
     v1, v2 = _register(registry, 1), _register(registry, 2)
     root = str(tmp_path / "reg")
-    assert registry_mod.run(["--registry", root, "promote", v1]) == 0
-    assert registry_mod.run(["--registry", root, "promote", v2]) == 0
-    assert registry_mod.run(["--registry", root, "list"]) == 0
+    root = [root, "--allow-unsigned"]
+    assert registry_mod.run(["--registry", *root, "promote", v1]) == 0
+    assert registry_mod.run(["--registry", *root, "promote", v2]) == 0
+    assert registry_mod.run(["--registry", *root, "list"]) == 0
     out = capsys.readouterr().out
     assert f"* {v2}" in out and f"  {v1}" in out and "0.520" in out
-    assert registry_mod.run(["--registry", root, "rollback"]) == 0
+    assert registry_mod.run(["--registry", *root, "rollback"]) == 0
     assert f"production -> {v1} (rolled back)" in capsys.readouterr().out
-    assert registry_mod.run(["--registry", root, "show", "production"]) == 0
+    assert registry_mod.run(["--registry", *root, "show", "production"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == v1
-    assert registry_mod.run(["--registry", root, "rollback"]) == 2
+    assert registry_mod.run(["--registry", *root, "rollback"]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
 
 

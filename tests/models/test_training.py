@@ -17,6 +17,7 @@ from models.evaluation import (
     split_train_test,
 )
 from models.registry import Registry
+from models.signing import generate
 from models.report import render_report
 from streaming.datasets import reference_dir
 from streaming.features.spec import DEFAULT_SPEC
@@ -147,18 +148,21 @@ def test_report_is_well_formed_html_with_the_plots(table):
 def test_train_and_evaluate_commands(table, tmp_path, capsys):
     features = tmp_path / "features.parquet"
     table.to_parquet(features)
-    reg, report = tmp_path / "reg", tmp_path / "report.html"
+    reg, report, ring = tmp_path / "reg", tmp_path / "report.html", generate("trainer")
+    ring.save(tmp_path / "ring.json")
+    ring.save(tmp_path / "verify.json", public_only=True)
     assert training.run(["--features", str(features), "--train-start", "2018-07-25", "--grid", "default",
                          "--valid-folds", "0", "--registry", str(reg), "--promote", "--report", str(report),
-                         "--nthread", "1"]) == 0
+                         "--nthread", "1", "--signing-key-file", str(tmp_path / "ring.json")]) == 0
     out = json.loads(capsys.readouterr().out)
-    registry = Registry.open(reg)
+    registry = Registry.open(reg, keys=ring.public())  # signed by the trainer's key
     assert registry.versions() == [out["version"]] and registry.alias()["version"] == out["version"]
     assert "report.html" in registry.metadata(out["version"])["files"] and report.read_text().startswith("<!DOCTYPE")
 
     json_out = tmp_path / "eval.json"
     assert cli_eval.run(["--features", str(features), "--model", "production", "--registry", str(reg),
-                         "--json", str(json_out), "--report", str(tmp_path / "eval.html")]) == 0
+                         "--json", str(json_out), "--report", str(tmp_path / "eval.html"),
+                         "--signing-key-file", str(tmp_path / "verify.json")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["model"] == out["version"]
     for metric, value in out["test"].items():

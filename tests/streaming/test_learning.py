@@ -66,3 +66,20 @@ def test_count_snapshots_and_the_timer_for_the_rest(tmp_path):
     versions = [e["version"] for e in events]
     registry = Registry.open(tmp_path)
     assert registry.metadata(versions[1])["previous_version"] == versions[0]
+
+
+def test_snapshots_are_signed_with_the_jobs_key(tmp_path):
+    import pytest
+
+    from models.registry import UntrustedVersionError
+    from models.signing import generate
+
+    ring = generate("learner")
+    ring.save(tmp_path / "ring.json")
+    stream = TestStream().add_elements(examples(4)).advance_watermark_to_infinity()
+    events = run_learner(stream, str(tmp_path / "reg"), snapshot_every_labels=4, signing_key_file=str(tmp_path / "ring.json"))
+    version = events[0]["version"]
+    assert Registry.open(tmp_path / "reg", keys=ring.public()).load_online(
+        expected_spec_hash=DEFAULT_SPEC.spec_hash)[0] == version
+    with pytest.raises(UntrustedVersionError, match="learner: not a trusted key"):
+        Registry.open(tmp_path / "reg", keys=generate("trainer")).load_online(expected_spec_hash=DEFAULT_SPEC.spec_hash)

@@ -247,7 +247,7 @@ def _score_request(row) -> scorer_pb2.ScoreRequest:
 def test_hot_swap_under_continuous_load_fails_no_request(serve, real_registry, tmp_path):
     registry, v = real_registry
     registry.promote(v["v1"])
-    server = serve(registry=str(tmp_path), poll_interval=0.05)
+    server = serve(registry=str(tmp_path), allow_unsigned=True, poll_interval=0.05)
     client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
     X, _ = synthetic(64, seed=3)
     stop = threading.Event()

@@ -336,7 +336,7 @@ def registry_with_production(tmp_path, booster):
 @pytest.mark.integration
 def test_responses_carry_the_online_model_once_its_alias_appears(serve, registry_with_production, tmp_path):
     registry, production = registry_with_production
-    server = serve(registry=str(tmp_path), poll_interval=0.05)
+    server = serve(registry=str(tmp_path), allow_unsigned=True, poll_interval=0.05)
     client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
     X, _ = synthetic(6, seed=4)
     deadline = time.monotonic() + 10
@@ -366,7 +366,7 @@ def test_responses_carry_the_online_model_once_its_alias_appears(serve, registry
 @pytest.mark.integration
 def test_bad_snapshots_are_refused_over_grpc_while_the_old_one_serves(serve, registry_with_production, tmp_path):
     registry, _ = registry_with_production
-    server = serve(registry=str(tmp_path), poll_interval=3600)  # polls driven by the test: no race with corruption
+    server = serve(registry=str(tmp_path), allow_unsigned=True, poll_interval=3600)  # polls driven by the test: no race with corruption
     watcher = server.server.online_watcher
     client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
     X, _ = synthetic(3, seed=6)
@@ -390,10 +390,35 @@ def test_bad_snapshots_are_refused_over_grpc_while_the_old_one_serves(serve, reg
 
 
 @pytest.mark.integration
+def test_a_signed_predictor_refuses_forged_snapshots_without_unpickling_them(serve, booster, tmp_path):
+    import pickle
+
+    from models.signing import generate
+
+    class Exploit:
+        def __reduce__(self):
+            return open, (str(tmp_path / "pwned"), "w")
+
+    ring = generate("learner")
+    signed = Registry.open(tmp_path / "reg", keys=ring)
+    signed.promote(signed.register(booster, {"feature_names": list(NAMES)}, spec_hash=SPEC))
+    server = serve(registry=str(tmp_path / "reg"), signing_keys=ring.public(), poll_interval=3600)
+    watcher = server.server.online_watcher
+    good = _register_online(signed, trained(300))
+    assert server.call(watcher.check()) == "loaded"
+    attacker = Registry.open(tmp_path / "reg")  # write access to the registry, no key
+    attacker.register_online(pickle.dumps(Exploit()), {"feature_names": list(NAMES)}, spec_hash=SPEC)
+    assert server.call(watcher.check()) == "refused"
+    assert not (tmp_path / "pwned").exists()
+    client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
+    assert client.Score(_request(synthetic(1, seed=1)[0][0]), timeout=5).online_model_version == good
+
+
+@pytest.mark.integration
 def test_no_online_serves_production_scores_only(serve, registry_with_production, tmp_path):
     registry, production = registry_with_production
     _register_online(registry, trained(300))
-    server = serve(registry=str(tmp_path), poll_interval=0.05, online=False)
+    server = serve(registry=str(tmp_path), allow_unsigned=True, poll_interval=0.05, online=False)
     assert server.server.online_watcher is None
     client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
     deadline = time.monotonic() + 10
@@ -409,5 +434,5 @@ def test_serve_flag_turns_online_scoring_off(tmp_path):
     from models.predictor.server import build_parser, settings_from_args
 
     parser = build_parser()
-    assert settings_from_args(parser.parse_args(["--registry", str(tmp_path)])).online is True
-    assert settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--no-online"])).online is False
+    assert settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--allow-unsigned"])).online is True
+    assert settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--no-online", "--allow-unsigned"])).online is False

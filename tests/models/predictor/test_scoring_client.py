@@ -57,11 +57,13 @@ def test_an_unreachable_predictor_is_retried_until_the_policy_gives_up():
     assert slept == [0.1, 0.2] and client.retries == 2
 
 
-def test_a_refused_call_gives_every_row_the_reason(serve, make_scorer):
+def test_refused_credentials_are_retried_not_blamed_on_the_events(serve, make_scorer):
     server = serve(make_scorer(), auth_token="secret")
-    got = ScoringClient(server.target, token="wrong").score_many(rows(3))
-    assert [s.score for s in got] == [None] * 3
-    assert all(s.error.startswith(f"predictor refused the batch: {grpc.StatusCode.UNAUTHENTICATED.name}") for s in got)
+    client = ScoringClient(server.target, token="wrong", retry=RetryPolicy(initial=0.01, max_attempts=3),
+                           sleep=lambda s: None)
+    with pytest.raises(PredictorUnavailable):  # a finite policy gives up; the job's default waits for ever
+        client.score_many(rows(3))
+    assert client.auth_failures == 3 and client.retries == 2
     ok = ScoringClient(server.target, token="secret").score_many(rows(3))
     assert all(s.error is None for s in ok)
 
@@ -84,3 +86,16 @@ def test_only_multi_address_targets_get_round_robin():
     assert balanced("dns:///predictor.streamscore.svc.cluster.local:50051")
     assert balanced("ipv4:10.0.0.1:50051,10.0.0.2:50051")
     assert not balanced("predictor:50051") and not balanced("127.0.0.1:50051")
+
+
+def test_a_rotated_token_file_is_read_again_after_a_refusal(serve, make_scorer, tmp_path):
+    server = serve(make_scorer("v7"), auth_token="new-token")
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    client = ScoringClient(server.target, token_file=str(token_file), sleep=lambda s: token_file.write_text("new-token"))
+    got = client.score_many(rows(4))
+    assert [s.error for s in got] == [None] * 4 and {s.model_version for s in got} == {"v7"}
+    assert client.auth_failures == 1 and client.token == "new-token"
+    token_file.write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        ScoringClient(server.target, token_file=str(token_file))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import os
 import signal
 import subprocess
@@ -373,29 +372,10 @@ def test_bearer_token(serve, make_scorer):
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls(serve, make_scorer, tmp_path):
-    cert, key = _self_signed(tmp_path)
+    from models.predictor.tls_testing import self_signed
+
+    cert, key = self_signed(tmp_path)
     server = serve(make_scorer(), tls_cert=cert, tls_key=key)
     target = f"localhost:{server.port}"
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -447,13 +427,17 @@ def test_stop_drains_rpcs_in_flight(serve):
 
 def test_sigterm_drains_and_exits_cleanly(booster, tmp_path):
     from models.registry import Registry
+    from models.signing import generate
     from streaming.features.spec import DEFAULT_SPEC
 
-    registry = Registry.open(tmp_path)
+    ring = generate("trainer")
+    registry = Registry.open(tmp_path / "registry", keys=ring)
     version = registry.register(booster, {"feature_names": list(NAMES)}, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
+    ring.save(tmp_path / "verify.json", public_only=True)  # the predictor holds only the public half
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--registry", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "models.predictor.server", "--registry", str(tmp_path / "registry"),
+                             "--signing-key-file", str(tmp_path / "verify.json"),
                              "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--grace", "5"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -488,6 +472,8 @@ def test_sigterm_drains_and_exits_cleanly(booster, tmp_path):
     ([], "one of the arguments --registry --model-file is required"),
     (["--model-file", "/nonexistent/model.json"], "--model-file /nonexistent/model.json is not a file"),
     (["--registry", "/nonexistent"], "--registry /nonexistent is not a directory"),
+    (["--registry", "/"], "give --signing-key-file FILE"),
+    (["--registry", "/", "--signing-key-file", "/nonexistent.json"], "--signing-key-file /nonexistent.json does not exist"),
 ])
 def test_serve_refuses_bad_arguments_with_a_reason(argv, needle, capsys):
     from models.predictor.server import run
