@@ -16,6 +16,7 @@ from models.evaluation import (
     normalise_feature_table,
     split_train_test,
 )
+from models.monitoring import load_reference
 from models.registry import Registry
 from models.report import render_report
 from streaming.datasets import reference_dir
@@ -155,6 +156,12 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     registry = Registry.open(reg)
     assert registry.versions() == [out["version"]] and registry.alias()["version"] == out["version"]
     assert "report.html" in registry.metadata(out["version"])["files"] and report.read_text().startswith("<!DOCTYPE")
+    # The training reference is stored with the version, checksummed, and describes the training rows.
+    assert "reference.json" in registry.metadata(out["version"])["files"]
+    reference = load_reference(registry, out["version"])
+    train_rows = table[(table["TX_DATETIME"] >= "2018-07-25") & (table["TX_DATETIME"] < "2018-08-01")]
+    assert reference.rows == len(train_rows) and set(reference.bins) == {*NAMES, "score"}
+    assert reference.stability(train_rows)["TX_AMOUNT"] == pytest.approx(0.0, abs=1e-12)
 
     json_out = tmp_path / "eval.json"
     assert cli_eval.run(["--features", str(features), "--model", "production", "--registry", str(reg),
