@@ -176,6 +176,9 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["protocol"] == "handbook-ch3" and summary["grid"] == "default"
     assert {"auc_roc", "average_precision", "card_precision@100"} <= set(summary)
+    # Segments over the protocol's test rows (each fold ranked by its own model).
+    assert set(summary["segments"]) == {"all", "amount", "card", "terminal"}
+    assert 0 < summary["segments"]["all"]["all"]["alert_rate"] < 1
 
 
 @pytest.mark.reference
