@@ -178,7 +178,7 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     assert {"auc_roc", "average_precision", "card_precision@100"} <= set(summary)
     # Segments over the protocol's test rows (each fold ranked by its own model).
     assert set(summary["segments"]) == {"all", "amount", "card", "terminal"}
-    assert 0 < summary["segments"]["all"]["all"]["alert_rate"] < 1
+    assert 0 < summary["segments"]["all"]["all"]["alert_rate"] <= 1  # <= 100 cards a day here: all alerted
 
 
 @pytest.mark.reference
