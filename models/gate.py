@@ -35,6 +35,8 @@ import pandas as pd
 
 from models.evaluation import TOP_K, assess, average_precision, event_days
 
+CHUNK = 64  # bootstrap resamples computed together
+
 
 @dataclasses.dataclass(frozen=True)
 class GateRule:
@@ -73,9 +75,11 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
 def weighted_average_precision(y, scores, weights: np.ndarray) -> np.ndarray:
     """Average precision for each row of ``weights`` (a row weighted w counts as w copies of it),
     ties handled like :func:`~models.evaluation.average_precision`; NaN where a resample has no fraud."""
+    w = np.atleast_2d(weights)
+    if w.shape[0] > CHUNK:  # bound the memory: a few (CHUNK x rows) arrays at a time
+        return np.concatenate([weighted_average_precision(y, scores, w[i:i + CHUNK]) for i in range(0, w.shape[0], CHUNK)])
     y = np.asarray(y, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
-    w = np.atleast_2d(weights)
     order = np.argsort(-s, kind="mergesort")
     s_sorted = s[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]

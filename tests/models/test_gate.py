@@ -106,3 +106,13 @@ def test_bad_input_names_what_was_expected(make_feature_table):
         gate.GateRule(margin=-0.1)
     with pytest.raises(ValueError, match="n_boot"):
         gate.GateRule(n_boot=10)
+
+
+def test_weighted_average_precision_in_chunks_equals_all_at_once(monkeypatch):
+    rng = np.random.default_rng(9)
+    y = (rng.random(200) < 0.3).astype(int)
+    s = rng.random(200)
+    w = rng.integers(0, 3, size=(10, 200)).astype(float)
+    whole = gate.weighted_average_precision(y, s, w)
+    monkeypatch.setattr(gate, "CHUNK", 3)
+    np.testing.assert_array_equal(gate.weighted_average_precision(y, s, w), whole)
