@@ -26,25 +26,15 @@ NAMES = list(DEFAULT_SPEC.names)
 SMALL = {"max_depth": [3], "learning_rate": [0.3], "n_estimators": [15]}
 
 
-def synthetic_table(start="2018-06-15", days=62, per_day=160, seed=0) -> pd.DataFrame:
-    """A feature table whose fraud probability depends on a few of the 15 features."""
-    rng = np.random.default_rng(seed)
-    n = days * per_day
-    seconds = np.sort(rng.integers(0, days * 86_400, n))
-    x = rng.normal(size=(n, len(NAMES)))
-    logit = -3.2 + 1.8 * x[:, 0] + 1.2 * x[:, 10] + 0.8 * x[:, 3] * x[:, 4]
-    frame = pd.DataFrame(x, columns=NAMES)
-    frame.insert(0, "TRANSACTION_ID", np.arange(n))
-    frame.insert(1, "TX_DATETIME", pd.Timestamp(start) + pd.to_timedelta(seconds, unit="s"))
-    frame.insert(2, "CUSTOMER_ID", rng.integers(0, 300, n))
-    frame.insert(3, "TERMINAL_ID", rng.integers(0, 500, n))
-    frame.insert(4, "TX_FRAUD", (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int))
-    return normalise_feature_table(frame, NAMES)
+def _logit(x, seconds, days):
+    """Fraud depends on a few of the 15 features."""
+    return -3.2 + 1.8 * x[:, 0] + 1.2 * x[:, 10] + 0.8 * x[:, 3] * x[:, 4]
 
 
 @pytest.fixture(scope="module")
-def table():
-    return synthetic_table()
+def table(make_feature_table):
+    return make_feature_table(start="2018-06-15", days=62, per_day=160, seed=0, customers=300, terminals=500,
+                              logit=_logit)
 
 
 def test_fit_is_reproducible_with_a_seed(table):
