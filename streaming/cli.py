@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("streaming.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
     "train": ("models.training:run", "train XGBoost on a feature table, model selection on validation folds only"),
     "retrain": ("models.retrain:run", "challenger on the latest labelled window, gated against production, registered, promoted if better"),
+    "monitor": ("models.cli_monitor:run", "PSI against the model's training reference and live AP/CP@100, window by window"),
     "evaluate": ("models.cli_eval:run", "AUC, AP, card precision@100 under the handbook's protocols; JSON + HTML"),
     "registry": ("models.registry:run", "model versions and the production alias: list | show | promote | rollback"),
     "serve": ("models.predictor.server:run", "the gRPC predictor (Scorer, KServe v2, health, reflection)"),
