@@ -11,7 +11,9 @@ Two modes:
 The feature spec is the one the table records (``streamscore featurize --spec``), or the
 named one with ``--spec`` (a table recording another is refused).
 
-``--json`` and ``--report`` also write the full result and an HTML report.
+Both modes also report precision and alert rate per segment (amount bands, new vs established
+cards, terminals with recent fraud: :mod:`models.segments`). ``--json`` and ``--report`` also
+write the full result and an HTML report.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 
 from models.signing import add_trust_arguments
 from models.evaluation import HANDBOOK_RESULTS, PROTOCOLS, Split, feature_table_spec, read_feature_table
+from models.segments import segment_report
 from models.training import (
     GRIDS,
     FoldOutcome,
@@ -59,8 +62,18 @@ def _evaluate_model(args, table, spec) -> tuple[dict, list[FoldOutcome], dict]:
     importance = {k: float(v) for k, v in model.booster.get_score(importance_type="total_gain").items()}
     outcome = FoldOutcome(split, metrics, importance, test)
     result = {"model": model.version, **{k: round(v, 6) for k, v in metrics.items()}, "split": split.to_dict(),
-              "n_test": len(test), "n_test_frauds": int(test["TX_FRAUD"].sum())}
+              "n_test": len(test), "n_test_frauds": int(test["TX_FRAUD"].sum()),
+              "segments": segment_report(fold.test, scores)}
     return result, [outcome], {"title": f"streamscore model {model.version}", "params": model.metadata.get("params")}
+
+
+def _protocol_segments(table, folds: list[FoldOutcome]) -> dict:
+    """Segments over every test fold's rows (each fold's days ranked by that fold's model)."""
+    import pandas as pd
+
+    scored = pd.concat([f.test[["TRANSACTION_ID", "score"]] for f in folds], ignore_index=True)
+    rows = scored.merge(table, on="TRANSACTION_ID", how="left", validate="many_to_one")
+    return segment_report(rows, rows["score"].to_numpy())
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -96,6 +109,7 @@ def run(argv: list[str] | None = None) -> int:
                       feature_spec={"hash": spec.spec_hash, "extra": list(spec.extra), "n_features": len(spec.names)},
                       handbook=HANDBOOK_RESULTS.get(args.protocol))
         folds = outcome.folds
+        result["segments"] = _protocol_segments(table, folds)
         report_args = {"title": f"streamscore evaluate --protocol {args.protocol} (grid {grid_name})",
                        "params": outcome.params, "selection": outcome.selection,
                        "reference": HANDBOOK_RESULTS.get(args.protocol)}
@@ -107,7 +121,9 @@ def run(argv: list[str] | None = None) -> int:
             fh.write(text + "\n")
     if args.report:
         write_report(args.report, folds, **report_args)
-    summary = {k: v for k, v in result.items() if k != "folds"}
+    summary = {k: v for k, v in result.items() if k not in ("folds", "segments")}
+    summary["segments"] = {family: {name: {m: row[m] for m in ("alert_rate", "precision")} for name, row in rows.items()}
+                           for family, rows in result["segments"].items()}
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -9,6 +9,10 @@ A version is a folder ``versions/<id>/`` that is written once and never changed:
 * ``metadata.json.sha256`` — the checksum of the metadata, written last: a version without
   it is incomplete and not listed.
 
+``events/`` is an append-only audit log: every automatic action (``streamscore retrain``'s
+register, gate verdict, promote or refusal) is one immutable object named by its time and the
+sha256 of its body, with who, what, why and the metrics (:meth:`Registry.record_event`).
+
 ``aliases/production.json`` names the production version, the stack of earlier production
 versions that :meth:`Registry.rollback` returns to, and a log of every move. Moves are
 atomic read-modify-writes (:meth:`Storage.update`): a lock file plus write-to-temp and
@@ -32,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -506,6 +511,34 @@ class Registry:
             hint = f"; known versions: {', '.join(known[-5:])}" if known else "; the registry is empty"
             raise RegistryError(f"no complete model version {version!r} in {self.storage!r}{hint}") from None
 
+    # -- audit events -----------------------------------------------------------------
+
+    def record_event(self, action: str, *, actor: str, reason: str, version: str | None = None,
+                     details: dict | None = None) -> dict:
+        """Append an audit event (who: ``actor``, host and pid; what: ``action`` on ``version``;
+        why: ``reason``; ``details``: the metrics) as a new immutable object; returns it."""
+        if not action or not actor or not reason:
+            raise ValueError(f"an audit event needs an action, an actor and a reason, got {action!r}, {actor!r}, {reason!r}")
+        at = self._clock().astimezone(dt.UTC)
+        body = {"at": at.isoformat(timespec="microseconds"), "action": action, "version": version, "actor": actor,
+                "host": socket.gethostname(), "pid": os.getpid(), "reason": reason, "details": details or {}}
+        data = _canonical(body)
+        self.storage.create(f"events/{at:%Y%m%dT%H%M%S.%f}Z-{sha256(data)[:16]}.json", data)
+        return body
+
+    def events(self, version: str | None = None) -> list[dict]:
+        """The audit events, oldest first (only ``version``'s when given); each is checked against
+        the digest in its name."""
+        out = []
+        for key in self.storage.list("events/"):
+            data = self.storage.read(key)
+            if not key.endswith(f"-{sha256(data)[:16]}.json"):
+                raise IntegrityError(f"audit event {key} does not match the digest in its name; it was modified")
+            event = json.loads(data)
+            if version is None or event.get("version") == version:
+                out.append(event)
+        return out
+
     # -- aliases ----------------------------------------------------------------------
 
     def alias(self, name: str = PRODUCTION) -> dict:
@@ -583,6 +616,8 @@ def run(argv: list[str] | None = None) -> int:
     keygen.add_argument("--alg", choices=ALGORITHMS, default=ED25519)
     keygen.add_argument("--add-to", help="rotation: copy this ring's keys in and sign with the new key")
     add_trust_arguments(parser, signs=False)
+    events = sub.add_parser("events", help="the audit log of automatic actions (JSON lines), oldest first")
+    events.add_argument("--version", help="only this version's events")
     args = parser.parse_args(argv)
 
     try:
@@ -602,6 +637,9 @@ def run(argv: list[str] | None = None) -> int:
                       f"{_fmt(test.get('card_precision@100')):>6}  {meta['feature_spec_hash'][:12]}")
         elif args.action == "show":
             print(json.dumps(registry.metadata(registry.resolve(args.version)), indent=2))
+        elif args.action == "events":
+            for event in registry.events(args.version):
+                print(json.dumps(event, sort_keys=True))
         elif args.action == "promote":
             state = registry.promote(args.version)
             print(f"production -> {state['version']}")

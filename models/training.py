@@ -40,6 +40,7 @@ from models.evaluation import (
     split_train_test,
     validation_starts,
 )
+from models.monitoring import REFERENCE_FILE, Reference
 
 #: Parameters fixed for every model. ``base_score=0.5`` is XGBoost's default before 2.0, which
 #: the handbook ran (newer versions start from the label mean; on 0.8 % fraud and 100 trees of
@@ -376,6 +377,7 @@ class TrainResult:
     feature_names: tuple[str, ...]
     top_k: int = TOP_K
     counts: dict = dataclasses.field(default_factory=dict)  # rows and frauds of the training and test sets
+    reference: object = None  # models.monitoring.Reference: quantile bins of the training rows and scores
 
     def metadata(self) -> dict:
         xgb_params, rounds = booster_params(self.params, seed=self.seed)
@@ -405,13 +407,15 @@ def train_model(table: pd.DataFrame, feature_names: Sequence[str], train_start, 
                                 select_by=select_by, seed=seed, nthread=nthread, top_k=top_k)
     (fold,) = make_folds(table, [split])
     booster = fit(fold.train, feature_names, params, seed=seed, nthread=nthread)
+    reference = Reference.fit(fold.train, feature_names, predict(booster, fold.train, feature_names))
     # Assessed only when the whole test period is in the table with both classes (else test_metrics is None).
     outcome = _outcome(booster, fold, feature_names, top_k) if covers_test_period(table, split) else None
     if outcome is not None and not outcome.metrics:
         outcome = None
     counts = {"train_rows": len(fold.train), "train_frauds": int(fold.train["TX_FRAUD"].sum()),
               "test_rows": len(fold.test), "test_frauds": int(fold.test["TX_FRAUD"].sum())}
-    return TrainResult(booster, params, seed, split, valid, selection, outcome, tuple(feature_names), top_k, counts)
+    return TrainResult(booster, params, seed, split, valid, selection, outcome, tuple(feature_names), top_k, counts,
+                       reference)
 
 
 # --------------------------------------------------------------------------- command line
@@ -472,7 +476,7 @@ def run(argv: list[str] | None = None) -> int:
     result = train_model(table, spec.names, args.train_start, train_days=args.train_days, delay_days=args.delay_days,
                          test_days=args.test_days, valid_folds=args.valid_folds, grid=grid,
                          select_by=args.select_by, seed=args.seed, nthread=args.nthread)
-    extra = {}
+    extra = {REFERENCE_FILE: result.reference.to_json()}
     if result.test is not None:
         html = write_report(None, [result.test], title=f"streamscore model trained from {result.split.train_start}",
                             selection=result.selection, params=result.params)

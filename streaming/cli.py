@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("streaming.job:run", "the Beam streaming job (runner flags pass through to Beam)"),
     "up": ("streaming.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
     "train": ("models.training:run", "train XGBoost on a feature table, model selection on validation folds only"),
+    "retrain": ("models.retrain:run", "challenger on the latest labelled window, gated against production, registered, promoted if better"),
+    "monitor": ("models.cli_monitor:run", "PSI against the model's training reference and live AP/CP@100, window by window"),
     "evaluate": ("models.cli_eval:run", "AUC, AP, card precision@100 under the handbook's protocols; JSON + HTML"),
     "registry": ("models.registry:run", "model versions and the production alias: list | show | promote | rollback"),
     "serve": ("models.predictor.server:run", "the gRPC predictor (Scorer, KServe v2, health, reflection)"),
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_simulate(argv: list[str] | None = None) -> int:
     """``streamscore simulate``: write a simulated, labelled transaction dataset."""
     from streaming.datasets import write_table
-    from streaming.simulator import simulate
+    from streaming.simulator import DRIFT_KINDS, simulate
 
     parser = argparse.ArgumentParser(prog="streamscore simulate", description=run_simulate.__doc__)
     parser.add_argument("--customers", type=int, default=5000, help="number of customers (default 5000)")
@@ -72,12 +74,18 @@ def run_simulate(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="2018-04-01", help="first day, YYYY-MM-DD (default 2018-04-01)")
     parser.add_argument("--radius", type=float, default=5.0, help="customer-terminal radius r (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--drift-day", type=int, default=None,
+                        help="start a drift scenario on this day (0-based, days after --start); default: no drift")
+    parser.add_argument("--drift-kind", choices=DRIFT_KINDS, default="new-pattern",
+                        help="new-pattern: card testing, small-amount frauds on newly compromised cards; "
+                             "amount-shift: every amount x1.5 (default new-pattern)")
     parser.add_argument("--out", required=True, help="output path, .parquet or .jsonl")
     args = parser.parse_args(argv)
     if not args.out.lower().endswith((".parquet", ".jsonl", ".ndjson")):
         parser.error(f"--out must end in .parquet or .jsonl, got {args.out!r}")
     df = simulate(customers=args.customers, terminals=args.terminals, days=args.days,
-                  start=args.start, seed=args.seed, radius=args.radius)
+                  start=args.start, seed=args.seed, radius=args.radius, drift_day=args.drift_day,
+                  drift_kind=args.drift_kind)
     path = write_table(df, args.out)
     frauds = int(df["TX_FRAUD"].sum())
     print(f"wrote {len(df):,} transactions ({frauds:,} frauds, {frauds / max(len(df), 1):.3%}) to {path}")

@@ -36,6 +36,17 @@ FRAUD_AMOUNT = 220.0  # scenario 1: every amount above this is fraud
 TERMINALS_PER_DAY, TERMINAL_DAYS = 2, 28  # scenario 2: compromised terminals
 CUSTOMERS_PER_DAY, CUSTOMER_DAYS = 3, 14  # scenario 3: compromised cards
 CARD_FRAUD_FACTOR = 5.0
+#: Drift scenarios (``simulate(drift_day=..., drift_kind=...)``), from ``drift_day`` on only:
+#: ``amount-shift`` multiplies every drawn amount by DRIFT_AMOUNT_FACTOR (before the fraud
+#: scenarios, so scenario 1's fixed 220 threshold now catches many more amounts);
+#: ``new-pattern`` is card testing, a pattern the earlier days never show: each day
+#: DRIFT_CARDS_PER_DAY cards become compromised for DRIFT_CARD_DAYS days and half (integer
+#: part) of their transactions in that period, chosen at random, get a small amount drawn
+#: uniformly in DRIFT_TEST_AMOUNTS and are fraud (scenario 4, applied last).
+DRIFT_KINDS = ("new-pattern", "amount-shift")
+DRIFT_AMOUNT_FACTOR = 1.5
+DRIFT_CARDS_PER_DAY, DRIFT_CARD_DAYS = 6, 7
+DRIFT_TEST_AMOUNTS = (0.5, 5.0)
 
 
 def simulate(
@@ -45,6 +56,8 @@ def simulate(
     start: str | datetime.date = "2018-04-01",
     seed: int = 0,
     radius: float = 5.0,
+    drift_day: int | None = None,
+    drift_kind: str = "new-pattern",
 ) -> pd.DataFrame:
     """Simulate ``days`` days of transactions, labelled with the three fraud scenarios.
 
@@ -52,6 +65,10 @@ def simulate(
     ``COLUMNS``: ``TX_DATETIME`` is naive UTC (``datetime64[ns]``), amounts are rounded
     to cents, ``TRANSACTION_ID`` runs 0..n-1 in time order (ties keep generation order:
     customer, then draw). The same arguments always give an identical frame.
+
+    ``drift_day`` (days after ``start``, 0-based) starts the ``drift_kind`` scenario of
+    :data:`DRIFT_KINDS` on that day; the days before it are exactly those of the run without
+    drift (the drift draws from its own random stream).
     """
     _require_int("customers", customers, 1)
     _require_int("terminals", terminals, 1)
@@ -60,9 +77,16 @@ def simulate(
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0 or radius == np.inf:
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
     origin = _start_date(start)
+    if drift_day is not None:
+        _require_int("drift_day", drift_day, 0)
+        if drift_day >= days:
+            raise ValueError(f"drift_day must be a day of the run, 0 <= drift_day < days={days}, got {drift_day}")
+        if drift_kind not in DRIFT_KINDS:
+            raise ValueError(f"drift_kind must be one of {', '.join(DRIFT_KINDS)}, got {drift_kind!r}")
 
-    # One independent stream per stage: profiles do not change when `days` does.
-    rng_profiles, rng_tx, rng_terminals, rng_cards = np.random.default_rng(seed).spawn(4)
+    # One independent stream per stage: profiles do not change when `days` does. (A fifth stream,
+    # spawned after the others, leaves theirs unchanged.)
+    rng_profiles, rng_tx, rng_terminals, rng_cards, rng_drift = np.random.default_rng(seed).spawn(5)
 
     # Profiles.
     customer_xy = rng_profiles.uniform(0.0, AREA, size=(customers, 2))
@@ -87,6 +111,8 @@ def simulate(
     amount = rng_tx.normal(mean, mean / 2.0)
     negative = np.flatnonzero(amount < 0)
     amount[negative] = rng_tx.uniform(0.0, 2.0 * mean[negative])
+    if drift_day is not None and drift_kind == "amount-shift":
+        amount[day >= drift_day] *= DRIFT_AMOUNT_FACTOR
     amount = np.round(amount, 2)
     del mean
     pick = rng_tx.integers(0, n_available[customer])
@@ -98,12 +124,18 @@ def simulate(
     scenario[_compromised_terminal_tx(rng_terminals, terminal, day, terminals, days)] = 2
     del day
     card_fraud = _compromised_card_tx(rng_cards, customer_day, customers, days)
-    del customer_day
     # A transaction picked on several days is multiplied each time, as in the handbook.
     times_picked = np.bincount(card_fraud, minlength=amount.size)
     amount = np.round(amount * CARD_FRAUD_FACTOR**times_picked, 2)
     scenario[card_fraud] = 3
     del card_fraud
+    if drift_day is not None and drift_kind == "new-pattern":
+        testing = np.unique(_compromised_card_tx(rng_drift, customer_day, customers, days, per_day=DRIFT_CARDS_PER_DAY,
+                                                 window_days=DRIFT_CARD_DAYS, share=2, first_day=drift_day))
+        amount[testing] = np.round(rng_drift.uniform(*DRIFT_TEST_AMOUNTS, size=testing.size), 2)
+        scenario[testing] = 4
+        del testing
+    del customer_day
 
     # Time order; each column is reordered then its generation-order copy released.
     order = np.argsort(seconds, kind="stable")
@@ -203,25 +235,28 @@ def _compromised_terminal_tx(rng, terminal, day, terminals, days):
     return hit
 
 
-def _compromised_card_tx(rng, customer_day, customers, days):
+def _compromised_card_tx(rng, customer_day, customers, days, per_day=CUSTOMERS_PER_DAY, window_days=CUSTOMER_DAYS,
+                         share=3, first_day=0):
     """Indices of the card-fraud transactions (scenario 3), one entry per selection.
 
     ``customer_day`` (= customer * days + day) must be sorted. For each compromise
     (day d, customer c), int(n / 3) of c's n transactions in days [d, d + 14) are drawn
     without replacement; windows of the same card may overlap, so an index can repeat.
+    (``per_day``, ``window_days``, ``share`` and ``first_day``, the first day with compromises,
+    give the drift scenario's card testing.)
     """
-    picks = _distinct_per_day(rng, customers, CUSTOMERS_PER_DAY, days)
-    first_day = np.repeat(np.arange(days), picks.shape[1])
+    picks = _distinct_per_day(rng, customers, per_day, days - first_day)
+    first_day = np.repeat(np.arange(first_day, days), picks.shape[1])
     c = picks.ravel()
     lo = np.searchsorted(customer_day, c * days + first_day, side="left")
-    last_day = np.minimum(first_day + CUSTOMER_DAYS, days)  # exclusive
+    last_day = np.minimum(first_day + window_days, days)  # exclusive
     hi = np.searchsorted(customer_day, c * days + last_day, side="left")
     n = hi - lo
     window, position = _expand_ranges(np.arange(n.size), lo, n)
     # Random keys, sorted within each window: the first int(n / 3) form a uniform sample.
     order = np.lexsort((rng.random(position.size), window))
     rank = np.arange(position.size) - np.repeat(np.cumsum(n) - n, n)
-    return position[order][rank < (n // 3)[window]]
+    return position[order][rank < (n // share)[window]]
 
 
 def _require_int(name, value, minimum):

@@ -312,3 +312,30 @@ def test_online_snapshots_are_versioned_checksummed_and_behind_the_online_alias(
     (tmp_path / "reg" / "versions" / second / ONLINE_FILE).write_bytes(b"tampered")
     with pytest.raises(IntegrityError, match="does not match its recorded sha256"):
         registry.load_online(expected_spec_hash=spec)
+
+
+def test_audit_events_are_append_only_checked_and_filterable(tmp_path, capsys):
+    registry = Registry.open(tmp_path / "reg")
+    v1 = _register(registry, 1)
+    first = registry.record_event("register", actor="streamscore retrain", reason="scheduled", version=v1,
+                                  details={"average_precision": 0.61})
+    registry.record_event("gate", actor="streamscore retrain", reason="no champion", version=v1)
+    registry.record_event("note", actor="tester", reason="unrelated")
+    events = registry.events()
+    assert [e["action"] for e in events] == ["register", "gate", "note"]
+    assert events[0] == first and first["pid"] == os.getpid() and first["details"] == {"average_precision": 0.61}
+    assert [e["action"] for e in registry.events(v1)] == ["register", "gate"]
+    with pytest.raises(ValueError, match="needs an action, an actor and a reason"):
+        registry.record_event("promote", actor="x", reason="")
+    # The objects are immutable files; a rewritten one no longer matches the digest in its name.
+    key = registry.storage.list("events/")[0]
+    path = tmp_path / "reg" / key
+    assert not os.stat(path).st_mode & stat.S_IWUSR
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes().replace(b"scheduled", b"by hand!!"))
+    with pytest.raises(IntegrityError, match="does not match the digest"):
+        registry.events()
+    path.unlink()
+    assert registry_mod.run(["--registry", str(tmp_path / "reg"), "events", "--version", v1]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["action"] for line in lines] == ["gate"]

@@ -16,6 +16,7 @@ from models.evaluation import (
     normalise_feature_table,
     split_train_test,
 )
+from models.monitoring import load_reference
 from models.registry import Registry
 from models.signing import generate
 from models.report import render_report
@@ -26,25 +27,15 @@ NAMES = list(DEFAULT_SPEC.names)
 SMALL = {"max_depth": [3], "learning_rate": [0.3], "n_estimators": [15]}
 
 
-def synthetic_table(start="2018-06-15", days=62, per_day=160, seed=0) -> pd.DataFrame:
-    """A feature table whose fraud probability depends on a few of the 15 features."""
-    rng = np.random.default_rng(seed)
-    n = days * per_day
-    seconds = np.sort(rng.integers(0, days * 86_400, n))
-    x = rng.normal(size=(n, len(NAMES)))
-    logit = -3.2 + 1.8 * x[:, 0] + 1.2 * x[:, 10] + 0.8 * x[:, 3] * x[:, 4]
-    frame = pd.DataFrame(x, columns=NAMES)
-    frame.insert(0, "TRANSACTION_ID", np.arange(n))
-    frame.insert(1, "TX_DATETIME", pd.Timestamp(start) + pd.to_timedelta(seconds, unit="s"))
-    frame.insert(2, "CUSTOMER_ID", rng.integers(0, 300, n))
-    frame.insert(3, "TERMINAL_ID", rng.integers(0, 500, n))
-    frame.insert(4, "TX_FRAUD", (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int))
-    return normalise_feature_table(frame, NAMES)
+def _logit(x, seconds, days):
+    """Fraud depends on a few of the 15 features."""
+    return -3.2 + 1.8 * x[:, 0] + 1.2 * x[:, 10] + 0.8 * x[:, 3] * x[:, 4]
 
 
 @pytest.fixture(scope="module")
-def table():
-    return synthetic_table()
+def table(make_feature_table):
+    return make_feature_table(start="2018-06-15", days=62, per_day=160, seed=0, customers=300, terminals=500,
+                              logit=_logit)
 
 
 def test_fit_is_reproducible_with_a_seed(table):
@@ -158,6 +149,12 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     registry = Registry.open(reg, keys=ring.public())  # signed by the trainer's key
     assert registry.versions() == [out["version"]] and registry.alias()["version"] == out["version"]
     assert "report.html" in registry.metadata(out["version"])["files"] and report.read_text().startswith("<!DOCTYPE")
+    # The training reference is stored with the version, checksummed, and describes the training rows.
+    assert "reference.json" in registry.metadata(out["version"])["files"]
+    reference = load_reference(registry, out["version"])
+    train_rows = table[(table["TX_DATETIME"] >= "2018-07-25") & (table["TX_DATETIME"] < "2018-08-01")]
+    assert reference.rows == len(train_rows) and set(reference.bins) == {*NAMES, "score"}
+    assert reference.stability(train_rows)["TX_AMOUNT"] == pytest.approx(0.0, abs=1e-12)
 
     json_out = tmp_path / "eval.json"
     assert cli_eval.run(["--features", str(features), "--model", "production", "--registry", str(reg),
@@ -173,6 +170,9 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["protocol"] == "handbook-ch3" and summary["grid"] == "default"
     assert {"auc_roc", "average_precision", "card_precision@100"} <= set(summary)
+    # Segments over the protocol's test rows (each fold ranked by its own model).
+    assert set(summary["segments"]) == {"all", "amount", "card", "terminal"}
+    assert 0 < summary["segments"]["all"]["all"]["alert_rate"] <= 1  # <= 100 cards a day here: all alerted
 
 
 @pytest.mark.reference

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from streaming import cli
@@ -36,6 +37,17 @@ def test_simulate_writes_a_dataset(tmp_path, capsys):
                      "--out", str(out)]) == 0
     df = read_table(out)
     assert len(df) > 0 and capsys.readouterr().out.startswith(f"wrote {len(df):,} transactions")
+
+
+def test_simulate_drift_flags(tmp_path, capsys):
+    out = tmp_path / "drift.parquet"
+    args = ["simulate", "--customers", "200", "--terminals", "400", "--days", "12", "--seed", "3", "--radius", "20"]
+    assert cli.main([*args, "--drift-day", "6", "--drift-kind", "new-pattern", "--out", str(out)]) == 0
+    df = read_table(out)
+    testing = df[df.TX_FRAUD_SCENARIO == 4]
+    assert len(testing) > 0 and testing.TX_DATETIME.min() >= df.TX_DATETIME.min().normalize() + pd.Timedelta(days=6)
+    assert cli.main([*args, "--drift-day", "12", "--out", str(out)]) == 2
+    assert "drift_day must be a day of the run" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_with_nonzero_exit(tmp_path):

@@ -222,3 +222,63 @@ def test_reference_size_lands_near_the_reference_run():
     expected = expected_totals(5_000, 10_000, 183)
     assert expected["per_day"] * 183 == pytest.approx(REFERENCE_TX, rel=0.02)
     np.testing.assert_allclose(expected["counts"], REFERENCE_SCENARIOS, rtol=0.05)
+
+
+# ---------------------------------------------------------------- drift scenarios
+
+DRIFT_DAY = 18
+
+
+def _first_drift_row(df: pd.DataFrame) -> int:
+    start = df.TX_DATETIME.min().normalize() + pd.Timedelta(days=DRIFT_DAY)
+    return int(np.searchsorted(df.TX_DATETIME.to_numpy(), start.to_datetime64()))
+
+
+@pytest.mark.parametrize("kind", simulator.DRIFT_KINDS)
+def test_drift_appears_from_its_day_only_and_is_reproducible(frame, kind):
+    drifted = small(drift_day=DRIFT_DAY, drift_kind=kind)
+    cut = _first_drift_row(frame)
+    assert len(drifted) == len(frame)  # the same transactions, times, cards and terminals ...
+    pd.testing.assert_frame_equal(drifted.iloc[:cut], frame.iloc[:cut])  # ... and before the drift day, identical
+    after, base = drifted.iloc[cut:], frame.iloc[cut:]
+    for column in ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"):
+        assert (after[column].to_numpy() == base[column].to_numpy()).all()
+    assert not after.equals(base)
+    assert small(drift_day=DRIFT_DAY, drift_kind=kind).equals(drifted)
+
+
+def test_amount_shift_scales_every_amount_from_the_drift_day():
+    drifted = small(drift_day=DRIFT_DAY, drift_kind="amount-shift")
+    base = small()
+    cut = _first_drift_row(base)
+    # Genuine, non-card-fraud rows on both sides: the amount is the same draw times 1.5 (to the cent).
+    plain = (base.TX_FRAUD_SCENARIO.to_numpy() != 3) & (drifted.TX_FRAUD_SCENARIO.to_numpy() != 3)
+    ratio = drifted.TX_AMOUNT.to_numpy()[cut:][plain[cut:]] / np.maximum(base.TX_AMOUNT.to_numpy()[cut:][plain[cut:]], 0.01)
+    big = base.TX_AMOUNT.to_numpy()[cut:][plain[cut:]] > 10
+    np.testing.assert_allclose(ratio[big], simulator.DRIFT_AMOUNT_FACTOR, rtol=2e-3)
+    # The 220 rule now fires much more often after the drift day.
+    s1_after = (drifted.TX_FRAUD_SCENARIO.iloc[cut:] == 1).mean()
+    assert s1_after > 3 * (base.TX_FRAUD_SCENARIO.iloc[cut:] == 1).mean()
+
+
+def test_new_pattern_is_small_amount_card_testing_from_the_drift_day():
+    drifted = small(drift_day=DRIFT_DAY, drift_kind="new-pattern")
+    cut = _first_drift_row(drifted)
+    testing = drifted[drifted.TX_FRAUD_SCENARIO == 4]
+    assert len(testing) > 50 and testing.index.min() >= cut
+    assert (testing.TX_FRAUD == 1).all()
+    lo, hi = simulator.DRIFT_TEST_AMOUNTS
+    assert testing.TX_AMOUNT.between(lo, hi).all()
+    # About DRIFT_CARDS_PER_DAY new cards a day (fewer when one is drawn twice or makes no transaction).
+    cards = testing.groupby(testing.TX_DATETIME.dt.normalize()).CUSTOMER_ID.nunique()
+    assert cards.max() <= simulator.DRIFT_CARDS_PER_DAY * simulator.DRIFT_CARD_DAYS
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"drift_day": 30}, "drift_day must be a day of the run"),
+    ({"drift_day": -1}, "drift_day must be an integer >= 0"),
+    ({"drift_day": 3, "drift_kind": "meteor"}, "drift_kind must be one of new-pattern, amount-shift"),
+])
+def test_bad_drift_arguments_name_what_was_expected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small(**kwargs)

@@ -1,0 +1,70 @@
+"""``streamscore monitor``: a model's stability and live quality over days of a feature table.
+
+For each window of ``--window-days`` days from ``--start`` (default: the day after the model's
+training period) to the table's end, the model (``production`` or a version) scores the
+window's transactions and the command prints one ``monitoring`` event per line (JSON): PSI of
+every feature and of the score against the training reference stored with the model
+(:mod:`models.monitoring`), each one's status under ``--psi-warn`` / ``--psi-alarm``, and the
+window's AP and card precision@100 (the table's labels play the late labels). This is the
+batch view of what the streaming job will publish per window (not wired yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+import pandas as pd
+
+from models.evaluation import feature_table_spec, read_feature_table
+from models.monitoring import LiveQuality, Thresholds, load_reference, monitoring_event
+from models.registry import Registry
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``streamscore monitor``: PSI against the training reference and live quality, window by window."""
+    parser = argparse.ArgumentParser(prog="streamscore monitor", description=run.__doc__)
+    parser.add_argument("--features", required=True, help="feature table (.parquet) from `streamscore featurize`")
+    parser.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
+    parser.add_argument("--model", default="production", help="version id or 'production' (default)")
+    parser.add_argument("--start", type=dt.date.fromisoformat, help="first day (default: the day after the model's training)")
+    parser.add_argument("--window-days", type=int, default=1, help="days per window (default 1)")
+    parser.add_argument("--quality-days", type=int, default=7, help="sliding window of the live AP / CP@100 (default 7)")
+    parser.add_argument("--psi-warn", type=float, default=0.1, help="PSI above this is a moderate shift (default 0.1)")
+    parser.add_argument("--psi-alarm", type=float, default=0.25, help="PSI above this is an alarm (default 0.25)")
+    args = parser.parse_args(argv)
+    if args.window_days < 1 or args.quality_days < 1:
+        parser.error("--window-days and --quality-days must be >= 1")
+    thresholds = Thresholds(args.psi_warn, args.psi_alarm)
+
+    registry = Registry.open(args.registry)
+    spec = feature_table_spec(args.features)
+    model = registry.load(args.model, expected_spec_hash=spec.spec_hash)
+    reference = load_reference(registry, model.version)
+    if reference is None:
+        raise ValueError(f"model {model.version} has no training reference (registered before reference.json existed): "
+                         "retrain it with `streamscore train` or `streamscore retrain`")
+    table = read_feature_table(args.features, list(model.feature_names), spec.spec_hash)
+    trained = (model.metadata.get("data", {}).get("split", {}).get("train") or [None, None])[-1]
+    start = args.start or (dt.date.fromisoformat(trained) + dt.timedelta(days=1) if trained else None)
+    if start is None:
+        raise ValueError(f"model {model.version} records no training period: pass --start")
+    live = LiveQuality(window_days=args.quality_days)
+    day, last = pd.Timestamp(start), table["TX_DATETIME"].max().normalize()
+    while day <= last:
+        end = day + pd.Timedelta(days=args.window_days)
+        rows = table[(table["TX_DATETIME"] >= day) & (table["TX_DATETIME"] < end)]
+        if len(rows):
+            scores = model.score_many(rows[list(model.feature_names)].to_numpy())
+            live.update(rows["TX_DATETIME"], rows["CUSTOMER_ID"], rows["TX_FRAUD"], scores)
+            event = monitoring_event(reference.stability(rows, scores), thresholds, model_version=model.version,
+                                     live=live.metrics(), at=str(day.date()))
+            print(json.dumps(event, sort_keys=True), flush=True)
+        day = end
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,26 @@
+"""The weekly-retrain benchmark on the reference data (skipped when ../shared/data/fraud-handbook is absent)."""
+
+import json
+
+import pytest
+
+from loadtest import bench_retrain
+from streaming.datasets import reference_dir
+
+
+@pytest.mark.reference
+def test_weekly_retrain_reports_both_models_with_intervals(capsys):
+    if not (reference_dir() / "features_2018-04_to_2018-08.parquet").exists():
+        pytest.skip(f"reference data not found at {reference_dir()} (../shared/data/fraud-handbook is absent)")
+    assert bench_retrain.run(["--weeks", "2", "--resamples", "50", "--nthread", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    weeks = [json.loads(line) for line in lines[:2]]
+    result = json.loads("\n".join(lines[2:]))
+    # Week 1's model is the bootstrap: the once model and the maintained one are the same.
+    assert weeks[0]["promoted"] and weeks[0]["ap_once"] == weeks[0]["ap_maintained"]
+    assert [w["test_week"] for w in weeks] == ["2018-08-08", "2018-08-15"]
+    for model in ("once", "maintained"):
+        lo, hi = result[model]["ap_interval"]
+        assert lo <= result[model]["average_precision"] <= hi
+        lo, hi = result[model]["cp100_interval"]
+        assert lo <= result[model]["card_precision@100"] <= hi
