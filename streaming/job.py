@@ -52,10 +52,11 @@ from streaming.events import (
     format_time,
     parse,
 )
+from models.online import LEARNERS
 from streaming import local_runner
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
-from streaming.learning import LEARNER_KEY, LearnerFn
+from streaming.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
 from streaming.scoring import ALERTS, ScoreFn
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
@@ -85,6 +86,10 @@ class JobConfig:
     max_label_delay_days: float = 8.0
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
+    online_learner: str = "linear"
+    learner_shards: int = 1
+    online_min_class_labels: int = 10
+    online_warm_start: bool = True
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -201,13 +206,24 @@ class StreamingJob(beam.PTransform):
             featured["features"] | "WriteFeatures" >> WriteToPubSub(
                 config.topic(config.features_topic), with_attributes=True)
         if learn:
-            (
+            learner = LearnerFn(
+                config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
+                snapshot_every_seconds=config.snapshot_every_seconds, learner=config.online_learner,
+                shards=config.learner_shards, min_class_labels=config.online_min_class_labels,
+                warm_start=config.online_warm_start)
+            learned = (
                 featured["examples"]
-                | "KeyToLearner" >> beam.Map(lambda example: (LEARNER_KEY, example)).with_output_types(
+                | "KeyToLearner" >> beam.Map(key_example, config.learner_shards).with_output_types(
                     beam.typehints.KV[str, Any])
-                | LearnerFn.__name__ >> beam.ParDo(LearnerFn(
-                    config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
-                    snapshot_every_seconds=config.snapshot_every_seconds))
+                | LearnerFn.__name__ >> beam.ParDo(learner).with_outputs(MEMBERS, main="monitoring")
+            )
+            monitoring = [learned.monitoring]
+            if config.learner_shards > 1:
+                monitoring.append(learned[MEMBERS] | CombineMembersFn.__name__ >> beam.ParDo(CombineMembersFn(
+                    config.registry, self.spec, config.learner_shards, config.online_learner)))
+            (
+                monitoring
+                | "MergeMonitoring" >> beam.Flatten()
                 | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
             )
         return (
@@ -248,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how long a scored feature vector waits for its label (default 8)")
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
+    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default="linear",
+                         help="the online River learner (default linear; see docs/online-learning.md)")
+    scoring.add_argument("--learner-shards", type=int, default=1,
+                         help="learner keys examples are hashed to; their members are combined into one "
+                              "served snapshot (default 1)")
+    scoring.add_argument("--online-min-class-labels", type=int, default=10,
+                         help="labels of each class the learner must have seen before a snapshot is served "
+                              "(default 10)")
+    scoring.add_argument("--no-online-warm-start", action="store_true",
+                         help="start the learner untrained instead of from a matching snapshot or the "
+                              "production model's training window")
     local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
@@ -284,6 +311,9 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
     if args.local_pull_size < 1 or not args.local_pull_deadline > 0:
         raise ValueError(f"--local-pull-size must be >= 1 and --local-pull-deadline > 0, got "
                          f"{args.local_pull_size} and {args.local_pull_deadline}")
+    if args.learner_shards < 1 or args.online_min_class_labels < 0:
+        raise ValueError(f"--learner-shards must be >= 1 and --online-min-class-labels >= 0, got "
+                         f"{args.learner_shards} and {args.online_min_class_labels}")
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -294,7 +324,9 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
-        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
+        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,
+        online_learner=args.online_learner, learner_shards=args.learner_shards,
+        online_min_class_labels=args.online_min_class_labels, online_warm_start=not args.no_online_warm_start)
     options = pipeline_options(beam_args, config)
     if is_local(options) and not args.no_local_tuning:
         local_runner.install(args.local_pull_size, args.local_pull_deadline)
