@@ -366,7 +366,7 @@ class Registry:
 
     def latest_online(self, *, spec_hash: str | None = None, learner_key: str | None = None) -> str | None:
         """The newest complete online version (by created-at), optionally of one spec and learner key."""
-        best: tuple[str, str] | None = None
+        best: tuple[tuple[str, int], str] | None = None
         for version in self.versions():
             meta = self.metadata(version)
             if meta.get("format") != ONLINE_FORMAT:
@@ -375,8 +375,9 @@ class Registry:
                 continue
             if learner_key is not None and meta.get("learner_key", "learner") != learner_key:
                 continue
-            if best is None or meta["created_at"] >= best[0]:
-                best = (meta["created_at"], version)
+            rank = (meta["created_at"], int(meta.get("labels_learned") or 0))  # ties within a millisecond: more labels
+            if best is None or rank > best[0]:
+                best = (rank, version)
         return None if best is None else best[1]
 
     def _store(self, files: dict[str, bytes], metadata: dict, spec_hash: str, extra: dict,
