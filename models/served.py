@@ -18,7 +18,7 @@ served model could show; ``docs/online-learning.md`` explains the gap.
 ...     f.add({"transaction_id": str(i), "event_time": "2026-01-01T10:00:00Z", "score": s, "online_score": o},
 ...           label=y, card=i)
 >>> f.overall()["online_served"]["average_precision"]
-0.8333333333333333
+0.5833333333333333
 """
 
 from __future__ import annotations
