@@ -205,11 +205,22 @@ def ensure_production_model(registry_dir: Path, args) -> str:
     version = registry.register(booster, {
         "feature_names": names, "params": {**params, "n_estimators": rounds},
         "data": {"source": "streamscore simulate", "seed": args.seed + 1, "rows": len(table),
-                 "frauds": int(table["TX_FRAUD"].sum()), "days": args.history_days},
+                 "frauds": int(table["TX_FRAUD"].sum()), "days": args.history_days,
+                 **training_table(registry_dir, table)},
     }, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
     print(f"{PROG}: trained and promoted {version} ({len(table):,} transactions)", flush=True)
     return version
+
+
+def training_table(registry_dir: Path, table) -> dict:
+    """Keep the demo model's feature table next to the registry and say where, with its training window:
+    the online learner's warm start (models/online_start.py) learns those rows."""
+    path = (Path(registry_dir) / "training" / "features.parquet").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path)
+    days = table["TX_DATETIME"].dt.date
+    return {"features": str(path), "split": {"train": [str(days.min()), str(days.max())]}}
 
 
 def _free_port() -> int:
