@@ -137,6 +137,8 @@ class LearnerFn(beam.DoFn):
         if current is None:
             current, started = self._start(key)
             yield started
+            if orjson.loads(started.data)["start"] == "training_window":  # serve it before any live label
+                yield from self._snapshot(key, current)
         yield from self._drift(current, example)
         current.learner.learn_one(example.features, example.label)
         current.since_snapshot += 1

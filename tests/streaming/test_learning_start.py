@@ -80,6 +80,7 @@ def test_resumes_from_the_latest_snapshot_of_its_spec(tmp_path):
     latest = snapshot(registry, 50)
     start, snaps = starts(tmp_path)
     assert (start["start"], start["version"], start["labels"]) == ("snapshot", latest, 50)
+    assert len(snaps) == 1  # the resumed snapshot is served already: nothing new until labels come
     assert snaps[-1]["labels"] == 56  # 50 resumed + 6 learned
     assert registry.metadata(snaps[-1]["version"])["learner_key"] == "learner"
 
@@ -92,6 +93,7 @@ def test_a_snapshot_of_another_spec_is_refused_and_the_training_window_used(tmp_
     assert start["start"] == "training_window" and start["version"] == production
     assert start["refused"]["version"] == foreign and "feature spec" in start["refused"]["reason"]
     assert start["labels"] == train_rows > 0
+    assert snaps[0]["labels"] == train_rows  # the warm model is served before any live label
     _, learner = registry.load_online(snaps[-1]["version"], expected_spec_hash=DEFAULT_SPEC.spec_hash)
     assert learner.labels_seen == train_rows + 6
     # learned in event-time order on exactly those rows: the same as doing it by hand
