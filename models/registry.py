@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,8 @@ PRODUCTION = "production"
 FORMAT = "xgboost-ubj"
 #: Online (River) snapshots: a pickle, checksummed like every file, behind the ``online`` alias.
 ONLINE = "online"
+#: What an online learner key may be (it is part of the version id).
+ONLINE_KEY_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 ONLINE_FILE = "model.pkl"
 ONLINE_FORMAT = "river-pickle"
 ALIAS_LOG_LIMIT = 1000
@@ -349,17 +352,59 @@ class Registry:
             files[name] = bytes(data)
         return self._store(files, metadata, spec_hash, {"format": FORMAT, "xgboost_version": xgb.__version__})
 
-    def register_online(self, snapshot: bytes, metadata: dict, *, spec_hash: str) -> str:
+    def register_online(self, snapshot: bytes, metadata: dict, *, spec_hash: str, learner_key: str = "learner",
+                        labels_seen: int | None = None) -> str:
         """Store an online (River) model snapshot as a version and point the ``online`` alias at it.
 
         The snapshot is a pickle made by :meth:`models.online.OnlineLearner.snapshot`; like every
         file it is checksummed, and :meth:`load_online` verifies it before unpickling.
+
+        The version id derives from the content — ``online-<learner key>-<labels seen>-<sha256 of
+        the snapshot and spec>`` — so writing the same snapshot again (a retried bundle) finds its
+        version and only re-points the alias, instead of adding a second version of one state.
         """
-        version = self._store({ONLINE_FILE: bytes(snapshot)}, metadata, spec_hash, {"format": ONLINE_FORMAT})
+        labels = int(metadata.get("labels_learned", 0) if labels_seen is None else labels_seen)
+        if not ONLINE_KEY_PATTERN.fullmatch(learner_key):
+            raise ValueError(f"learner_key must match {ONLINE_KEY_PATTERN.pattern}, got {learner_key!r}")
+        digest = sha256(bytes(snapshot) + spec_hash.encode("ascii"))[:16]
+        version = f"online-{learner_key}-{labels:012d}-{digest}"
+        if not self._existing_online(version, snapshot):
+            self._store({ONLINE_FILE: bytes(snapshot)}, metadata, spec_hash, {"format": ONLINE_FORMAT},
+                        version=version)
         self._move(ONLINE, lambda state: ("snapshot", version), history=False)
         return version
 
-    def _store(self, files: dict[str, bytes], metadata: dict, spec_hash: str, extra: dict) -> str:
+    def _existing_online(self, version: str, snapshot: bytes) -> bool:
+        """Whether ``version`` is already complete with this snapshot (a retry); a partial one is an error."""
+        present = self.storage.list(f"versions/{version}/")
+        if not present:
+            return False
+        if not any(k.endswith("/" + SEAL_FILE) for k in present):
+            raise RegistryError(f"online version {version} exists but is incomplete (no {SEAL_FILE}): "
+                                "a writer died mid-write; remove the folder to retry")
+        recorded = self.metadata(version)["files"][ONLINE_FILE]["sha256"]
+        if recorded != sha256(bytes(snapshot)):
+            raise IntegrityError(f"online version {version} holds a different snapshot (sha256 {recorded[:12]}…)")
+        return True
+
+    def latest_online(self, *, spec_hash: str | None = None, learner_key: str | None = None) -> str | None:
+        """The newest complete online version (by created-at), optionally of one spec and learner key."""
+        best: tuple[tuple[str, int], str] | None = None
+        for version in self.versions():
+            meta = self.metadata(version)
+            if meta.get("format") != ONLINE_FORMAT:
+                continue
+            if spec_hash is not None and meta.get("feature_spec_hash") != spec_hash:
+                continue
+            if learner_key is not None and meta.get("learner_key", "learner") != learner_key:
+                continue
+            rank = (meta["created_at"], int(meta.get("labels_learned") or 0))  # ties within a millisecond: more labels
+            if best is None or rank > best[0]:
+                best = (rank, version)
+        return None if best is None else best[1]
+
+    def _store(self, files: dict[str, bytes], metadata: dict, spec_hash: str, extra: dict,
+               version: str | None = None) -> str:
         if not isinstance(spec_hash, str) or len(spec_hash) != 64:
             raise ValueError(f"spec_hash must be a 64-character sha256 hex digest, got {spec_hash!r}")
         if not metadata.get("feature_names"):
@@ -368,7 +413,8 @@ class Registry:
         body = {**metadata, "feature_spec_hash": spec_hash, **extra,
                 "code_version": code_version(), "created_at": created.isoformat(timespec="milliseconds"),
                 "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}}
-        version = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z-{sha256(_canonical(body))[:10]}"
+        if version is None:
+            version = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z-{sha256(_canonical(body))[:10]}"
         body = {"version": version, **body}
         meta_bytes = _canonical(body)
         if self.storage.list(f"versions/{version}/"):
@@ -386,7 +432,8 @@ class Registry:
         return version
 
     def versions(self) -> list[str]:
-        """Complete versions, oldest first (ids start with their creation time, to the millisecond)."""
+        """Complete versions: XGBoost ones oldest first (their ids start with their creation time, to the
+        millisecond), then the content-named ``online-…`` snapshots (order those by ``created_at``)."""
         return sorted(k.split("/")[1] for k in self.storage.list("versions/") if k.endswith("/" + SEAL_FILE))
 
     def metadata(self, version: str) -> dict:

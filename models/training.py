@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import json
 import sys
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -486,7 +487,8 @@ def run(argv: list[str] | None = None) -> int:
                 fh.write(html)
     registry = registry_mod.Registry.open(args.registry, keys=keys)
     meta = result.metadata()
-    meta["data"]["features"] = str(args.features)
+    # the online learner's warm start reads the training window from this table: record where it is
+    meta["data"]["features"] = str(args.features) if "://" in str(args.features) else str(Path(args.features).resolve())
     meta["data"]["grid"] = {"name": args.grid, "candidates": grid, "select_by": args.select_by}
     version = registry.register(result.booster, meta, spec_hash=spec.spec_hash, extra_files=extra)
     if args.promote:

@@ -54,10 +54,11 @@ from streaming.events import (
     format_time,
     parse,
 )
+from models.online import LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
-from streaming.learning import LEARNER_KEY, LearnerFn
+from streaming.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
 from streaming.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
@@ -92,6 +93,10 @@ class JobConfig:
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
     label_producers: tuple[str, ...] = ()  # when set, labels must carry a `producer` attribute naming one
+    online_learner: str = "linear"
+    learner_shards: int = 1
+    online_min_class_labels: int = 10
+    online_warm_start: bool = True
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -215,17 +220,28 @@ class StreamingJob(beam.PTransform):
             featured["features"] | "WriteFeatures" >> WriteToPubSub(
                 config.topic(config.features_topic), with_attributes=True)
         if learn:
+            learner = LearnerFn(
+                config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
+                snapshot_every_seconds=config.snapshot_every_seconds, learner=config.online_learner,
+                shards=config.learner_shards, min_class_labels=config.online_min_class_labels,
+                warm_start=config.online_warm_start, signing_key_file=config.signing_key_file,
+                predictor_token_file=config.predictor_token_file, predictor_tls_ca_file=config.predictor_tls_ca)
             learned = (
                 featured["examples"]
-                | "KeyToLearner" >> beam.Map(lambda example: (LEARNER_KEY, example)).with_output_types(
+                | "KeyToLearner" >> beam.Map(key_example, config.learner_shards).with_output_types(
                     beam.typehints.KV[str, Any])
-                | LearnerFn.__name__ >> beam.ParDo(LearnerFn(
-                    config.registry, self.spec, config.predictor, snapshot_every_labels=config.snapshot_every_labels,
-                    snapshot_every_seconds=config.snapshot_every_seconds, signing_key_file=config.signing_key_file,
-                    predictor_token_file=config.predictor_token_file, predictor_tls_ca_file=config.predictor_tls_ca)).with_outputs(DEAD_LETTER, main="monitoring")
+                | LearnerFn.__name__ >> beam.ParDo(learner).with_outputs(MEMBERS, DEAD_LETTER, main="monitoring")
             )
-            learned.monitoring | "WriteMonitoring" >> WriteToPubSub(
-                config.topic(config.monitoring_topic), with_attributes=True)
+            monitoring = [learned.monitoring]
+            if config.learner_shards > 1:
+                monitoring.append(learned[MEMBERS] | CombineMembersFn.__name__ >> beam.ParDo(CombineMembersFn(
+                    config.registry, self.spec, config.learner_shards, config.online_learner,
+                    signing_key_file=config.signing_key_file)))
+            (
+                monitoring
+                | "MergeMonitoring" >> beam.Flatten()
+                | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
+            )
             dead.append(learned[DEAD_LETTER])
         return (
             dead
@@ -278,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
     add_trust_arguments(scoring, signs=True)
+    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default="linear",
+                         help="the online River learner (default linear; see docs/online-learning.md)")
+    scoring.add_argument("--learner-shards", type=int, default=1,
+                         help="learner keys examples are hashed to; their members are combined into one "
+                              "served snapshot (default 1)")
+    scoring.add_argument("--online-min-class-labels", type=int, default=10,
+                         help="labels of each class the learner must have seen before a snapshot is served "
+                              "(default 10)")
+    scoring.add_argument("--no-online-warm-start", action="store_true",
+                         help="start the learner untrained instead of from a matching snapshot or the "
+                              "production model's training window")
     local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
@@ -340,6 +367,9 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         read_token(args.predictor_token_file)
     if (args.predictor_tls_ca or args.predictor_token_file) and not args.predictor:
         raise ValueError("--predictor-tls-ca and --predictor-token-file need --predictor")
+    if args.learner_shards < 1 or args.online_min_class_labels < 0:
+        raise ValueError(f"--learner-shards must be >= 1 and --online-min-class-labels >= 0, got "
+                         f"{args.learner_shards} and {args.online_min_class_labels}")
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -354,7 +384,9 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,
-        label_producers=tuple(p.strip() for p in args.label_producers.split(",") if p.strip()))
+        label_producers=tuple(p.strip() for p in args.label_producers.split(",") if p.strip()),
+        online_learner=args.online_learner, learner_shards=args.learner_shards,
+        online_min_class_labels=args.online_min_class_labels, online_warm_start=not args.no_online_warm_start)
     options = pipeline_options(beam_args, config)
     if is_local(options):
         if config.id_label:

@@ -16,6 +16,21 @@ The seconds are kept by a processing-time timer, set when the first label after 
 arrives: labels learned since the last snapshot are written within ``snapshot_every_seconds``
 even when no further label comes (the end of a replay, a lull, fewer labels than
 ``snapshot_every_labels``). A check made only when a label arrives would leave them unwritten.
+
+Starting: the first example of a key finds its state empty, and the learner starts from the
+newest matching snapshot, the production model's training window, or cold
+(:func:`models.online_start.warm_start`); an ``online_start`` monitoring event says which.
+
+Gate: no snapshot is written before the learner has seen ``min_class_labels`` labels of each
+class (a model that has seen no fraud ranks at random; the previous snapshot keeps serving).
+
+Versions are content-derived (:meth:`models.registry.Registry.register_online`): a bundle
+retried after its snapshot was written rewrites the same version.
+
+Sharding (``shards > 1``): examples are keyed by :func:`models.online_shards.shard_of` to N
+learner keys. Each shard emits its member's snapshot on the ``members`` output instead of
+registering it; :class:`CombineMembersFn` (one key) keeps the latest member of every shard and,
+once all N have reported, registers their combination (:func:`models.online_shards.combine`).
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from models.online import DriftMonitor, OnlineLearner
+from models.online_shards import combine, combined_key, shard_key, shard_of
 from streaming.events import SCHEMA_ATTRIBUTE
 from streaming.features.spec import FeatureSpec
 from streaming.guard import guarded
@@ -42,6 +58,13 @@ from streaming.scoring import ScoringClient, read_tls_roots
 
 SCHEMA_MONITORING = "streamscore.monitoring.v1"
 LEARNER_KEY = "learner"
+COMBINE_KEY = "combine"
+MEMBERS = "members"
+
+
+def key_example(example: Example, shards: int = 1) -> tuple[str, Example]:
+    """``(learner key, example)``: the one key, or the shard of the example's transaction id."""
+    return (LEARNER_KEY if shards == 1 else shard_key(shard_of(example.transaction_id, shards), shards)), example
 
 
 def monitoring_message(kind: str, **fields) -> PubsubMessage:
@@ -61,15 +84,21 @@ class LearnerState:
 
 
 class LearnerFn(beam.DoFn):
-    """(LEARNER_KEY, Example) → monitoring messages; snapshots go to the registry."""
+    """(learner key, Example) → monitoring messages; snapshots go to the registry (or, sharded,
+    to the ``members`` output as ``(COMBINE_KEY, (shard, snapshot bytes))``)."""
 
     STATE = ReadModifyWriteStateSpec("learner", PickleCoder())
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
 
     def __init__(self, registry: str, spec: FeatureSpec, predictor: str | None, *,
                  snapshot_every_labels: int = 500, snapshot_every_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.time, signing_key_file: str | None = None,
+                 clock: Callable[[], float] = time.time, learner: str = "linear", shards: int = 1,
+                 min_class_labels: int = 10, warm_start: bool = True, signing_key_file: str | None = None,
                  predictor_token_file: str | None = None, predictor_tls_ca_file: str | None = None):
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
+        if min_class_labels < 0:
+            raise ValueError(f"min_class_labels must be >= 0, got {min_class_labels}")
         self.registry = registry
         # Paths, read on the worker: no key or token is pickled into the pipeline graph. Without a
         # signing key the snapshots are unsigned (the command line allows that only with --allow-unsigned).
@@ -81,9 +110,14 @@ class LearnerFn(beam.DoFn):
         self.snapshot_every_labels = snapshot_every_labels
         self.snapshot_every_seconds = snapshot_every_seconds
         self.clock = clock
+        self.learner = learner
+        self.shards = shards
+        self.min_class_labels = min_class_labels
+        self.warm_start = warm_start
         self._learned = Metrics.counter(self.__class__, "labels_learned")
         self._drifts = Metrics.counter(self.__class__, "drifts")
         self._snapshots = Metrics.counter(self.__class__, "snapshots")
+        self._gated = Metrics.counter(self.__class__, "snapshots_gated")
 
     def setup(self):
         from models.registry import Registry
@@ -96,12 +130,29 @@ class LearnerFn(beam.DoFn):
             tls_roots=read_tls_roots(self.predictor_tls_ca_file) if self.predictor_tls_ca_file else None,
         ) if self.predictor else None
 
+    def _start(self, key: str) -> tuple[LearnerState, PubsubMessage]:
+        from models.online import learner_factory
+        from models.online_start import warm_start
+
+        if self.warm_start:
+            shard = int(key.rsplit("-", 1)[1]) if self.shards > 1 else 0
+            learner, info = warm_start(
+                self._registry, self.spec, learner_key=key, learner=self.learner, shards=self.shards, shard=shard,
+                combined_key=combined_key(self.shards), member=shard if self.shards > 1 else None)
+        else:
+            learner = OnlineLearner(self.spec.names, learner_factory(self.learner))
+            info = {"learner_key": key, "learner": self.learner, "start": "cold", "labels": 0, "refused": None}
+        return LearnerState(learner, DriftMonitor(), 0, self.clock()), monitoring_message("online_start", **info)
+
     @guarded("learn")
     def process(self, element, state=beam.DoFn.StateParam(STATE), flush=beam.DoFn.TimerParam(FLUSH)):
-        _, example = element
+        key, example = element
         current: LearnerState | None = state.read()
         if current is None:
-            current = LearnerState(OnlineLearner(self.spec.names), DriftMonitor(), 0, self.clock())
+            current, started = self._start(key)
+            yield started
+            if orjson.loads(started.data)["start"] == "training_window":  # serve it before any live label
+                yield from self._snapshot(key, current)
         yield from self._drift(current, example)
         current.learner.learn_one(example.features, example.label)
         current.since_snapshot += 1
@@ -109,16 +160,16 @@ class LearnerFn(beam.DoFn):
         due = (current.since_snapshot >= self.snapshot_every_labels
                or self.clock() - current.last_snapshot_at >= self.snapshot_every_seconds)
         if due:
-            yield self._snapshot(current)
+            yield from self._snapshot(key, current)
         elif current.since_snapshot == 1:  # the first label not in a snapshot: write it within the seconds
             flush.set(Timestamp.of(self.clock()) + Duration.of(self.snapshot_every_seconds))
         state.write(current)
 
     @on_timer(FLUSH)
-    def on_flush(self, state=beam.DoFn.StateParam(STATE)):
+    def on_flush(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE)):
         current: LearnerState | None = state.read()
         if current is not None and current.since_snapshot > 0:
-            yield self._snapshot(current)
+            yield from self._snapshot(key, current)
             state.write(current)
 
     def _drift(self, current: LearnerState, example: Example):
@@ -133,14 +184,74 @@ class LearnerFn(beam.DoFn):
                                      mean_error=current.drift.mean_error, labels=current.drift.updates,
                                      transaction_id=example.transaction_id)
 
-    def _snapshot(self, current: LearnerState) -> PubsubMessage:
-        metrics = current.learner.metrics()
-        version = self._registry.register_online(
-            current.learner.snapshot(),
-            {"feature_names": list(self.spec.names), "labels_learned": current.learner.labels_seen,
-             "prequential": metrics, "previous_version": current.version},
-            spec_hash=self.spec.spec_hash)
-        current.version, current.since_snapshot, current.last_snapshot_at = version, 0, self.clock()
+    def _gate(self, learner: OnlineLearner) -> bool:
+        frauds = learner.frauds_seen
+        return frauds >= self.min_class_labels and learner.labels_seen - frauds >= self.min_class_labels
+
+    def _snapshot(self, key: str, current: LearnerState):
+        learner = current.learner
+        if not self._gate(learner):
+            self._gated.inc()
+            current.last_snapshot_at = self.clock()  # try again after the next interval, not on every label
+            return
+        metrics = learner.metrics()
+        current.since_snapshot, current.last_snapshot_at = 0, self.clock()
+        if self.shards > 1:
+            yield beam.pvalue.TaggedOutput(MEMBERS, (COMBINE_KEY, (int(key.rsplit("-", 1)[1]), learner.snapshot())))
+            return
+        version = register_snapshot(self._registry, learner, self.spec, key, self.learner, current.version)
+        current.version = version
         self._snapshots.inc()
-        return monitoring_message("online_snapshot", version=version, **{
-            k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
+        yield snapshot_message(version, metrics, learner_key=key)
+
+
+def register_snapshot(registry, learner: OnlineLearner, spec: FeatureSpec, key: str, kind: str,
+                      previous: str | None, **extra) -> str:
+    """Register ``learner`` under a content-derived version (a retry rewrites the same one)."""
+    return registry.register_online(
+        learner.snapshot(),
+        {"feature_names": list(spec.names), "labels_learned": learner.labels_seen, "frauds_learned": learner.frauds_seen,
+         "prequential": learner.metrics(), "learner": kind, "learner_key": key,
+         "previous_version": previous, **extra},
+        spec_hash=spec.spec_hash, learner_key=key, labels_seen=learner.labels_seen)
+
+
+def snapshot_message(version: str, metrics: dict, **fields) -> PubsubMessage:
+    return monitoring_message("online_snapshot", version=version, **fields, **{
+        k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
+
+
+class CombineMembersFn(beam.DoFn):
+    """(COMBINE_KEY, (shard, member snapshot)) → monitoring messages; registers the combined snapshot
+    once every one of the ``shards`` members has reported, and again on every newer member."""
+
+    MEMBERS_STATE = ReadModifyWriteStateSpec("members", PickleCoder())
+
+    def __init__(self, registry: str, spec: FeatureSpec, shards: int, learner: str = "linear",
+                 signing_key_file: str | None = None):
+        self.registry = registry
+        self.spec = spec
+        self.shards = shards
+        self.learner = learner
+        self.signing_key_file = signing_key_file  # a path, read on the worker (see LearnerFn)
+        self._snapshots = Metrics.counter(self.__class__, "snapshots")
+
+    def setup(self):
+        from models.registry import Registry
+        from models.signing import KeyRing
+
+        keys = KeyRing.load(self.signing_key_file) if self.signing_key_file else None
+        self._registry = Registry.open(self.registry, keys=keys)
+
+    def process(self, element, state=beam.DoFn.StateParam(MEMBERS_STATE)):
+        _, (shard, snapshot) = element
+        members: dict[int, bytes] = state.read() or {}
+        members[shard] = snapshot
+        state.write(members)
+        if len(members) < self.shards:
+            return
+        combined = combine([OnlineLearner.restore(members[i]) for i in range(self.shards)])
+        key = combined_key(self.shards)
+        version = register_snapshot(self._registry, combined, self.spec, key, self.learner, None, shards=self.shards)
+        self._snapshots.inc()
+        yield snapshot_message(version, combined.metrics(), learner_key=key, shards=self.shards)

@@ -33,6 +33,7 @@ from pathlib import Path
 import orjson
 
 from models.online import average_precision
+from models.served import ServedFigures
 from streaming.events import SCHEMA_TRANSACTION
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
@@ -76,6 +77,9 @@ class Progress:
     batch_scores: list = field(default_factory=list, repr=False)  # (score, label)
     online_scores: list = field(default_factory=list, repr=False)
     paired_batch_scores: list = field(default_factory=list, repr=False)  # XGBoost's, where an online score exists
+    cards: dict = field(default_factory=dict, repr=False)  # transaction id -> CUSTOMER_ID, for card precision
+    served: ServedFigures = field(default_factory=ServedFigures, repr=False)  # AP and CP@100 as served, per day
+    online_starts: list = field(default_factory=list, repr=False)  # the learner's online_start events
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -133,6 +137,15 @@ def _on_score(progress: Progress, body: dict, now: float) -> None:
                 progress.online_scores.append((body["online_score"], label))
                 progress.paired_batch_scores.append((body["score"], label))
                 progress.online_served_versions.add(body.get("online_model_version"))
+            progress.served.add(body, label=label, card=progress.cards.get(tid))
+
+
+def served_summary(progress: Progress) -> dict:
+    """The online model next to XGBoost as served (overall and per event day), its prequential AP, its start."""
+    return {"overall": progress.served.overall(), "per_day": progress.served.per_day(),
+            "online_prequential_ap": progress.online_prequential_ap,
+            "online_start": [{k: e.get(k) for k in ("learner_key", "start", "version", "labels", "refused")}
+                             for e in progress.online_starts]}
 
 
 def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event) -> None:
@@ -159,6 +172,8 @@ def _monitor(emulator: PubSubEmulator, progress: Progress, stop: threading.Event
                         progress.online_snapshots += 1
                         progress.online_version = event["version"]
                         progress.online_prequential_ap = event.get("average_precision")
+                    elif event["kind"] == "online_start":
+                        progress.online_starts.append(event)
                     elif event["kind"] == "drift":
                         progress.drifts += 1
             if not got:
@@ -214,11 +229,22 @@ def ensure_production_model(registry_dir: Path, args) -> str:
     version = registry.register(booster, {
         "feature_names": names, "params": {**params, "n_estimators": rounds},
         "data": {"source": "streamscore simulate", "seed": args.seed + 1, "rows": len(table),
-                 "frauds": int(table["TX_FRAUD"].sum()), "days": args.history_days},
+                 "frauds": int(table["TX_FRAUD"].sum()), "days": args.history_days,
+                 **training_table(registry_dir, table)},
     }, spec_hash=DEFAULT_SPEC.spec_hash)
     registry.promote(version)
     print(f"{PROG}: trained and promoted {version} ({len(table):,} transactions)", flush=True)
     return version
+
+
+def training_table(registry_dir: Path, table) -> dict:
+    """Keep the demo model's feature table next to the registry and say where, with its training window:
+    the online learner's warm start (models/online_start.py) learns those rows."""
+    path = (Path(registry_dir) / "training" / "features.parquet").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path)
+    days = table["TX_DATETIME"].dt.date
+    return {"features": str(path), "split": {"train": [str(days.min()), str(days.max())]}}
 
 
 def _free_port() -> int:
@@ -313,6 +339,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
                      workdir / "stream-job.log")
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
         progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
+        progress.cards = dict(zip(df["TRANSACTION_ID"].astype(str), df["CUSTOMER_ID"].astype(int)))
         print(f"{PROG}: emulator at {emulator.host_port}; streaming job pid {job.pid}; replaying {len(df):,} "
               f"transactions ({int(df['TX_FRAUD'].sum())} frauds) over {args.days} days; logs in {workdir}", flush=True)
         monitor = threading.Thread(target=_monitor, args=(emulator, progress, stop), daemon=True)
@@ -389,6 +416,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         "online_model_version": progress.online_version,
         "online_versions_served": len(progress.online_served_versions),
         "drift_events": progress.drifts,
+        "online_as_served": served_summary(progress),
         "logs": str(workdir),
     }
     print(json.dumps(summary, indent=2))

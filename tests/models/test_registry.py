@@ -339,3 +339,19 @@ def test_audit_events_are_append_only_checked_and_filterable(tmp_path, capsys):
     assert registry_mod.run(["--registry", str(tmp_path / "reg"), "events", "--version", v1]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["gate"]
+
+
+def test_online_versions_derive_from_their_content(tmp_path):
+    from streaming.features.spec import DEFAULT_SPEC
+
+    registry = Registry.open(tmp_path)
+    meta = {"feature_names": ["a"], "labels_learned": 7}
+    first = registry.register_online(b"state-1", meta, spec_hash=DEFAULT_SPEC.spec_hash)
+    again = registry.register_online(b"state-1", {**meta, "note": "retry"}, spec_hash=DEFAULT_SPEC.spec_hash)
+    other = registry.register_online(b"state-2", {**meta, "labels_learned": 8}, spec_hash=DEFAULT_SPEC.spec_hash)
+    assert first == again and first.startswith("online-learner-000000000007-") and other != first
+    assert sorted(registry.versions()) == sorted([first, other]) and registry.alias("online")["version"] == other
+    assert registry.latest_online(spec_hash=DEFAULT_SPEC.spec_hash) == other
+    assert registry.latest_online(spec_hash="0" * 64) is None
+    with pytest.raises(ValueError, match="learner_key"):
+        registry.register_online(b"x", meta, spec_hash=DEFAULT_SPEC.spec_hash, learner_key="Bad Key")

@@ -63,6 +63,21 @@ def test_bad_flags_are_rejected():
         build(["--local-pull-deadline=0"])
 
 
+def test_sharded_learners_build_a_combine_step_for_dataflow():
+    pipeline, config = build([
+        "--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
+        "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth", "--sdk_location=container",
+        "--predictor=localhost:1", "--registry=gs://streamscore-test/registry", "--learner-shards=4",
+        "--online-learner=arf-rus", "--online-min-class-labels=25"])
+    assert (config.learner_shards, config.online_learner, config.online_min_class_labels) == (4, "arf-rus", 25)
+    names = " ".join(t.unique_name for t in pipeline.run().job.proto_pipeline.components.transforms.values())
+    assert "LearnerFn" in names and "CombineMembersFn" in names
+    with pytest.raises(ValueError, match="--learner-shards must be >= 1"):
+        build(["--learner-shards=0"])
+    with pytest.raises(SystemExit):
+        build(["--online-learner=nope"])
+
+
 def test_only_the_local_runner_is_tuned(monkeypatch):
     from streaming import local_runner
     from streaming.job import is_local, pipeline_options

@@ -26,15 +26,17 @@ def examples(n: int, start: int = 0) -> list:
                                                    i % 3 == 0)), 1.0 + i) for i in range(start, start + n)]
 
 
-def run_learner(stream: TestStream, registry: str, **kwargs) -> list[dict]:
+def run_learner(stream: TestStream, registry: str, kinds=("online_snapshot",), **kwargs) -> list[dict]:
     options = PipelineOptions(runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     out = Collect("CollectMonitoring")
     # The runner's test clock starts at 0: so does the learner's injected clock.
+    kwargs.setdefault("min_class_labels", 0)
     learner = LearnerFn(registry, DEFAULT_SPEC, None, clock=lambda: 0.0, **kwargs)
     with beam.Pipeline(options=options) as p:
         p | stream | beam.ParDo(learner) | out
-    return [orjson.loads(m.data) for m in out.results()]
+    events = [orjson.loads(m.data) for m in out.results()]
+    return [e for e in events if e["kind"] in kinds]
 
 
 def test_labels_below_the_count_are_snapshotted_when_the_seconds_pass(tmp_path):
