@@ -56,6 +56,7 @@ from streaming import local_runner
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import LEARNER_KEY, LearnerFn
+from streaming.store.redis_store import check_url
 from streaming.scoring import ALERTS, ScoreFn
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
@@ -85,6 +86,7 @@ class JobConfig:
     max_label_delay_days: float = 8.0
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
+    online_store: str | None = None
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -188,7 +190,8 @@ class StreamingJob(beam.PTransform):
         read = pbegin | ReadEvents.__name__ >> ReadEvents(config, keyed=True)
         featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(
             self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None, keyed=True,
-            emit=None if config.predictor else functools.partial(features_message, spec=self.spec))
+            emit=None if config.predictor else functools.partial(features_message, spec=self.spec),
+            online_store=config.online_store)
         dead = [read["dead_letter"], featured["dead_letter"]]
         if config.predictor:
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
@@ -235,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "still be featurised; later ones are dead-lettered (default 7)")
     parser.add_argument("--timestamp-attribute", default=None,
                         help="take element timestamps from this attribute (see the module docs), e.g. event_time")
+    parser.add_argument("--online-store", default=None, metavar="URL",
+                        help="write each updated card/terminal state to this Redis, for raw-transaction scoring: "
+                             "redis://HOST:PORT/DB or rediss://:PASSWORD@HOST:PORT/DB (see docs/online-store.md)")
     scoring = parser.add_argument_group("scoring and online learning")
     scoring.add_argument("--predictor", default=None, help="HOST:PORT of `streamscore serve`; without it the job "
                          "publishes features instead of scores")
@@ -284,6 +290,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
     if args.local_pull_size < 1 or not args.local_pull_deadline > 0:
         raise ValueError(f"--local-pull-size must be >= 1 and --local-pull-deadline > 0, got "
                          f"{args.local_pull_size} and {args.local_pull_deadline}")
+    if args.online_store:
+        check_url(args.online_store)
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -294,7 +302,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         predictor=args.predictor, predictor_deadline=args.predictor_deadline, scores_topic=args.scores_topic,
         alerts_topic=args.alerts_topic, alert_threshold=args.alert_threshold, monitoring_topic=args.monitoring_topic,
         registry=args.registry, max_label_delay_days=args.max_label_delay_days,
-        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds)
+        snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,
+        online_store=args.online_store)
     options = pipeline_options(beam_args, config)
     if is_local(options) and not args.no_local_tuning:
         local_runner.install(args.local_pull_size, args.local_pull_deadline)

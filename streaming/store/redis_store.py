@@ -213,18 +213,20 @@ class StoreWriter:
         return False
 
 
-_WRITERS: dict[StoreConfig, StoreWriter] = {}
+_WRITERS: dict[tuple[StoreConfig, str], StoreWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def writer_for(config: StoreConfig) -> StoreWriter:
-    """This process's writer for ``config`` (created once, shared by every bundle and DoFn)."""
-    writer = _WRITERS.get(config)
+def writer_for(config: StoreConfig, user: str = "") -> StoreWriter:
+    """This process's writer for ``config`` and ``user`` (e.g. the stage: its counts are its own),
+    created once and shared by every bundle and DoFn instance."""
+    key = (config, user)
+    writer = _WRITERS.get(key)
     if writer is None:
         with _WRITERS_LOCK:
-            writer = _WRITERS.get(config)
+            writer = _WRITERS.get(key)
             if writer is None:
-                writer = _WRITERS[config] = StoreWriter(config)
+                writer = _WRITERS[key] = StoreWriter(config)
     return writer
 
 
