@@ -237,3 +237,22 @@ def test_out_of_order_and_retried_writes_never_move_state_backwards(redis_server
     stats = writer.take_stats()
     assert stats.written == 0 and stats.stale == len(olds)
     assert _final_states(redis_server.url, df) == final
+
+
+def test_score_command_prints_one_json_line_per_transaction(redis_server, serve, make_scorer, tmp_path, capsys):
+    import orjson
+
+    from models.predictor.score_cli import run
+
+    server = serve(make_scorer(), online_store=redis_server.url)
+    good = {"transaction_id": "a1", "event_time": "2018-09-30T12:00:00Z", "customer_id": "c", "terminal_id": "t",
+            "amount": 25.0}
+    assert run(["--target", server.target, "--transaction", orjson.dumps(good).decode()]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["transaction_id"] == "a1" and 0 <= out["score"] <= 1 and out["customer_known"] is False
+    assert out["features"]["TX_AMOUNT"] == 25.0 and out["client_latency_ms"] > 0
+    path = tmp_path / "txs.jsonl"
+    path.write_bytes(orjson.dumps(good) + b"\n" + orjson.dumps({**good, "amount": -3}) + b"\n")
+    assert run(["--target", server.target, "--input", str(path)]) == 1
+    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["score"] == out["score"] and lines[1]["field"] == "amount" and lines[1]["line"] == 2
