@@ -135,13 +135,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         result = self._scorer.dispatch(row)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
-        scores, version, online_scores, online_version = result
-        if online_scores is None:
-            return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
-                             latency_us=(time.perf_counter_ns() - start) // 1000)
-        return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
-                         online_score=online_scores[0], online_model_version=online_version,
-                         latency_us=(time.perf_counter_ns() - start) // 1000)
+        return self._response(request, start, result)
 
     async def _score_transaction(self, request, context, start):
         row, raw = self._raw_row(request)
