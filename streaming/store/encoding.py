@@ -4,10 +4,11 @@ One store value is::
 
     version (39 ASCII digits) | b"ssk1" | kind (b"C" customer, b"T" terminal)
     | spec_hash (32 raw bytes) | written_at_ms (int64) | allowed_lateness_ns (int64) | max_time_ns (int64)
-    | n (uint32) | n times (int64) | n ids (uint16 length + UTF-8) | n cents (int64, customer)
-    | n fraud flags (int8, terminal) | pending labels: m (uint32), m x (id, int64 time) (terminal)
+    | n (uint32) | n times (int64) | n id lengths (uint16) | the n ids (UTF-8, concatenated)
+    | n cents (int64, customer) | n fraud flags (int8, terminal)
+    | pending labels: m (uint32), m x (uint16 length, UTF-8 id, int64 time) (terminal)
 
-All integers little-endian. The leading **version** is a pure function of the state that grows
+All integers little-endian (arrays in machine order: the supported x86-64/ARM64 are little-endian). The leading **version** is a pure function of the state that grows
 with every change of it, fixed-width decimal so the store's Lua script compares it as a
 string: ``max event time (19 digits) | transactions held (10) | known frauds + pending labels
 (10)``. Adding a transaction raises the latest event time or (out of order) the count; a fraud
@@ -84,6 +85,14 @@ def _ids_bytes(ids) -> bytes:
     return b"".join(parts)
 
 
+def _id_block(ids) -> bytes:
+    """n uint16 lengths, then the n UTF-8 ids back to back (one slice each to decode)."""
+    raws = [str(tid).encode("utf-8") for tid in ids]
+    if any(len(r) > 0xFFFF for r in raws):
+        raise ValueError("transaction ids must be at most 65535 bytes of UTF-8 to be stored")
+    return array("H", map(len, raws)).tobytes() + b"".join(raws)
+
+
 def encode_state(state: CustomerState | TerminalState, *, written_at_ms: int) -> bytes:
     """The store value of ``state`` (transaction ids are stored as strings)."""
     kind = b"C" if isinstance(state, CustomerState) else b"T"
@@ -93,7 +102,7 @@ def encode_state(state: CustomerState | TerminalState, *, written_at_ms: int) ->
     parts = [state_version(state).encode("ascii"), MAGIC, kind,
              _HEAD.pack(bytes.fromhex(state.spec.spec_hash), written_at_ms, state.allowed_lateness_ns,
                         -1 if max_time is None else max_time, n),
-             array("q", times).tobytes(), _ids_bytes(state._ids)]
+             array("q", times).tobytes(), _id_block(state._ids)]
     if kind == b"C":
         parts.append(array("q", state._cents).tobytes())
     else:
@@ -136,7 +145,14 @@ def decode_state(value: bytes, spec: FeatureSpec) -> StoredState:
                                f"expected {spec.spec_hash[:12]}")
     raw, pos = _take(view, pos, 8 * n)
     times = array("q", bytes(raw))
-    ids, pos = _read_ids(view, pos, n)
+    raw, pos = _take(view, pos, 2 * n)
+    lengths = array("H", bytes(raw))
+    total = sum(lengths)
+    raw, pos = _take(view, pos, total)
+    blob, ids, start = bytes(raw), [], 0
+    for size in lengths:
+        ids.append(blob[start:start + size].decode("utf-8"))
+        start += size
     if kind == "customer":
         state = CustomerState(spec, lateness)
         raw, pos = _take(view, pos, 8 * n)
