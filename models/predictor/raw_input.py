@@ -1,7 +1,7 @@
 """Raw-transaction input: validate, fetch the card's and terminal's state, compute the features. No gRPC here.
 
-:class:`RawTransactions` turns a ``streamscore.v1.Transaction`` message into a checked feature
-row for the :class:`~models.predictor.core.Scorer`:
+:class:`RawTransactions` turns a ``streamscore.v1.Transaction`` message into the feature values
+(in the spec's order) that the :class:`~models.predictor.core.Scorer` scores:
 
 1. validated by the project's one event parser (:func:`streaming.events.from_proto`): a bad
    field is :class:`InvalidArgument` naming ``transaction.<field>``;
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import numpy as np
 
 from models.predictor.errors import InvalidArgument, StoreUnavailable
 from streaming.events import EventError, from_proto
@@ -40,22 +38,21 @@ def spec_for_names(names) -> FeatureSpec:
 
 
 class RawTransactions:
-    """Raw transaction messages → (checked feature row, :class:`RawFeatures`)."""
+    """Raw transaction messages → :class:`RawFeatures` (``values`` in the spec's order)."""
 
-    def __init__(self, reader: StoreReader, row: Callable[[tuple], np.ndarray], *,
-                 on_unknown: Callable[[str], None] | None = None, clock: Callable[[], int] = time.time_ns):
+    def __init__(self, reader: StoreReader, *, on_unknown: Callable[[str], None] | None = None,
+                 clock: Callable[[], int] = time.time_ns):
         self.reader = reader
         self.spec = reader.spec
-        self._row = row
         self._on_unknown = on_unknown
         self._clock = clock
 
     @classmethod
-    def open(cls, url: str, feature_names, row, **kw) -> RawTransactions:
+    def open(cls, url: str, feature_names, **kw) -> RawTransactions:
         spec = spec_for_names(feature_names)
-        return cls(StoreReader(StoreConfig(url, spec.spec_hash, ttl_ms(spec, 7.0)), spec), row, **kw)
+        return cls(StoreReader(StoreConfig(url, spec.spec_hash, ttl_ms(spec, 7.0)), spec), **kw)
 
-    def features(self, message) -> tuple[np.ndarray, RawFeatures]:
+    def features(self, message) -> RawFeatures:
         event = from_proto(message)
         if isinstance(event, EventError):
             raise InvalidArgument(f"transaction.{event.message}", field=f"transaction.{event.field}")
@@ -73,7 +70,7 @@ class RawTransactions:
                 self._on_unknown("customer")
             if not raw.terminal_known:
                 self._on_unknown("terminal")
-        return self._row(raw.values), raw
+        return raw
 
     def state_age_ms(self, raw: RawFeatures) -> int | None:
         """Milliseconds since the stream wrote the older of the two states (None: neither was stored)."""

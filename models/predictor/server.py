@@ -313,7 +313,7 @@ class PredictorServer:
         self.online_watcher = (ModelWatcher(self.scorer, source, alias=ONLINE, poll_interval=settings.poll_interval,
                                             telemetry=self.telemetry, on_swap=self._on_online_swap)
                                if settings.online and callable(getattr(source, "online_version", None)) else None)
-        self.raw = (RawTransactions.open(settings.online_store, self.scorer.feature_names, self.scorer.features_row,
+        self.raw = (RawTransactions.open(settings.online_store, self.scorer.feature_names,
                                          on_unknown=self._count_unknown)
                     if settings.online_store else None)
         self.port: int | None = None

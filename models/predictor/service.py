@@ -101,8 +101,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         features = request.features
         return self._scorer.features_row(features.values, features.names)
 
-    def _raw_row(self, request):
-        """(row, RawFeatures) of a transaction request; its errors as PredictorError."""
+    def _raw_features(self, request):
+        """The RawFeatures of a transaction request; its errors as PredictorError."""
         if self._raw is None:
             raise Unimplemented(_TRANSACTION_UNSUPPORTED, field="transaction")
         self._scorer.resolve(request.model_name)
@@ -138,9 +138,14 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         return self._response(request, start, result)
 
     async def _score_transaction(self, request, context, start):
-        row, raw = self._raw_row(request)
+        raw = self._raw_features(request)
         check_deadline(context)
-        result = self._scorer.dispatch(row)
+        scored = self._scorer.score_now(raw.values, request.model_name)  # native trees: no numpy
+        if scored is not None:
+            return self._with_raw(_Response(transaction_id=request.transaction_id, score=scored[0],
+                                            model_version=scored[1],
+                                            latency_us=(time.perf_counter_ns() - start) // 1000), raw)
+        result = self._scorer.dispatch(self._scorer.features_row(raw.values))
         if type(result) is not tuple:
             result = await result
         return self._with_raw(self._response(request, start, result), raw)
@@ -254,8 +259,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         """Score one message now (native trees: a result tuple) or queue it (a future); or its error."""
         try:
             if type(request) is not Undecodable and request.HasField("transaction"):
-                row, raw = self._raw_row(request)
-                return _Raw(self._scorer.dispatch(row), raw)
+                raw = self._raw_features(request)
+                return _Raw(self._scorer.dispatch(self._scorer.features_row(raw.values)), raw)
             return self._scorer.dispatch(self._row(request))
         except PredictorError as exc:
             return exc
