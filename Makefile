@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo protos check-protos emulator clean bench dataflow-steps dataflow-template dataflow-run k8s-render
+.PHONY: install test demo protos check-protos emulator redis clean bench dataflow-steps dataflow-template dataflow-run k8s-render
 
-install: $(STAMP) emulator
+install: $(STAMP) emulator redis
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "streamscore needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 # The official Pub/Sub emulator (Java 17 + google-cloud-cli-pubsub-emulator).
 emulator:
 	@deploy/local/install-emulator.sh
+
+# redis-server (Debian package): the online feature store the stream writes and the predictor reads.
+redis:
+	@deploy/local/install-redis.sh
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -68,7 +68,9 @@ PULL_SIZE = 100  # streaming.job's --local-pull-size default (Beam 2.77's own re
 PULL_TIMEOUT = 30.0  # its --local-pull-deadline default (Beam's, with return_immediately)
 BASE_VARIANTS = ("bare", "features", "scoring")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
-_VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned)*)$")
+_VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned|-store)*)$")
+#: redis:// URL of the run's redis-server, set by run() when a variant has ``-store``.
+_ONLINE_STORE: list[str] = []
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -155,6 +157,7 @@ class Variant:
     pull_size: int = PULL_SIZE
     pull_timeout: float = PULL_TIMEOUT
     tuned: bool = True
+    store: bool = False  # -store: the job also writes the online store (--online-store, a redis-server)
 
     @property
     def tuning(self) -> tuple:
@@ -172,9 +175,13 @@ def parse_variant(name: str) -> Variant:
     if not match or match["base"] not in BASE_VARIANTS:
         raise ValueError(f"bad variant {name!r}: expected one of {', '.join(BASE_VARIANTS)} "
                          "optionally followed by -pull<N>, -wait<seconds> and/or -untuned")
-    size, timeout, tuned = PULL_SIZE, PULL_TIMEOUT, True
+    size, timeout, tuned, store = PULL_SIZE, PULL_TIMEOUT, True, False
     for mod in match["mods"].split("-")[1:]:
-        if mod == "untuned":
+        if mod == "store":
+            if match["base"] == "bare":
+                raise ValueError(f"bad variant {name!r}: -store needs the real job (features or scoring)")
+            store = True
+        elif mod == "untuned":
             tuned = False
         elif mod.startswith("pull"):
             size = int(mod[4:])
@@ -184,7 +191,7 @@ def parse_variant(name: str) -> Variant:
         raise ValueError(f"bad variant {name!r}: pull size must be >= 1 and wait > 0")
     if not tuned and (size, timeout) != (PULL_SIZE, PULL_TIMEOUT):
         raise ValueError(f"bad variant {name!r}: -pull/-wait are local-runner tuning, not with -untuned")
-    return Variant(name, match["base"], size, timeout, tuned)
+    return Variant(name, match["base"], size, timeout, tuned, store)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -459,6 +466,8 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
         if predictor is None:
             raise ValueError("the scoring variant needs a predictor")
         job_args += ["--predictor", predictor, "--scores-topic", names["out"], "--alerts-topic", names["alerts"]]
+    if variant.store:
+        job_args += ["--online-store", _ONLINE_STORE[0]]
     if variant.base in ("features", "scoring"):
         tuning = (["--local-pull-size", str(variant.pull_size), "--local-pull-deadline", str(variant.pull_timeout)]
                   if variant.tuned else ["--no-local-tuning"])
@@ -654,7 +663,8 @@ def run(argv: list[str] | None = None) -> int:
                              "pre-published too) or idle (subscribed, empty); default off")
     parser.add_argument("--variants", default="bare,features",
                         help=f"comma-separated: {'|'.join(BASE_VARIANTS)}, each optionally followed by "
-                             "-pull<N> (local-runner pull size) and/or -wait<S> (pull deadline); default bare,features")
+                             "-pull<N> (local-runner pull size), -wait<S> (pull deadline) and/or -store (the job "
+                             "writes the online store, a redis-server of the run); default bare,features")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up (default 900)")
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -684,6 +694,9 @@ def run(argv: list[str] | None = None) -> int:
         emulator = stack.enter_context(PubSubEmulator())
         predictor = stack.enter_context(scoring_predictor(Path(workdir), args.customers, args.terminals, args.seed)) if any(
             v.base == "scoring" for v in variants) else None
+        if any(v.store for v in variants):
+            from streaming.store.redis_server import RedisServer
+            _ONLINE_STORE[:] = [stack.enter_context(RedisServer()).url]
         print(f"emulator at {emulator.host_port}; job logs in {workdir}"
               + (f"; predictor at {predictor} (streamscore serve --model-file)" if predictor else ""))
         print(ROW.format("run", "variant", "out/expected", "pub s", "startup", "drain", "msg/s", "msg/s",

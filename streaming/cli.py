@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("models.cli_eval:run", "AUC, AP, card precision@100 under the handbook's protocols; JSON + HTML"),
     "registry": ("models.registry:run", "model versions and the production alias: list | show | promote | rollback"),
     "serve": ("models.predictor.server:run", "the gRPC predictor (Scorer, KServe v2, health, reflection)"),
+    "score": ("models.predictor.score_cli:run", "score raw transactions (JSON) over gRPC against `serve --online-store`"),
     "loadtest": ("loadtest.cli:run", "load tests: `loadtest grpc|replay|compare ...`"),
 }
 

@@ -60,6 +60,7 @@ from streaming.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
 from streaming.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
+from streaming.store.redis_store import check_url
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
 LOCAL_RUNNERS = frozenset({LOCAL_RUNNER, "DirectRunner", "SwitchingDirectRunner"})
@@ -97,6 +98,7 @@ class JobConfig:
     learner_shards: int = 1
     online_min_class_labels: int = 10
     online_warm_start: bool = True
+    online_store: str | None = None
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -206,7 +208,8 @@ class StreamingJob(beam.PTransform):
         read = pbegin | ReadEvents.__name__ >> ReadEvents(config, keyed=True)
         featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(
             self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None, keyed=True,
-            emit=None if config.predictor else functools.partial(features_message, spec=self.spec))
+            emit=None if config.predictor else functools.partial(features_message, spec=self.spec),
+            online_store=config.online_store)
         dead = [read["dead_letter"], featured["dead_letter"]]
         if config.predictor:
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id-label", default=None,
                         help="Dataflow only: deduplicate messages carrying the same value of this attribute "
                              "(a publisher's retry ids; Pub/Sub message ids are deduplicated without it)")
+    parser.add_argument("--online-store", default=None, metavar="URL",
+                        help="write each updated card/terminal state to this Redis, for raw-transaction scoring: "
+                             "redis://HOST:PORT/DB or rediss://:PASSWORD@HOST:PORT/DB (see docs/online-store.md)")
     scoring = parser.add_argument_group("scoring and online learning")
     scoring.add_argument("--predictor", default=None, help="HOST:PORT of `streamscore serve`; without it the job "
                          "publishes features instead of scores")
@@ -370,6 +376,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
     if args.learner_shards < 1 or args.online_min_class_labels < 0:
         raise ValueError(f"--learner-shards must be >= 1 and --online-min-class-labels >= 0, got "
                          f"{args.learner_shards} and {args.online_min_class_labels}")
+    if args.online_store:
+        check_url(args.online_store)
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -386,7 +394,8 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         snapshot_every_labels=args.snapshot_every_labels, snapshot_every_seconds=args.snapshot_every_seconds,
         label_producers=tuple(p.strip() for p in args.label_producers.split(",") if p.strip()),
         online_learner=args.online_learner, learner_shards=args.learner_shards,
-        online_min_class_labels=args.online_min_class_labels, online_warm_start=not args.no_online_warm_start)
+        online_min_class_labels=args.online_min_class_labels, online_warm_start=not args.no_online_warm_start,
+        online_store=args.online_store)
     options = pipeline_options(beam_args, config)
     if is_local(options):
         if config.id_label:

@@ -11,6 +11,9 @@
    precision of the production (XGBoost) and online (River) scores — the online model's over
    the transactions that were scored while the predictor served one (its first snapshot
    comes after the first labels), with XGBoost's over the same transactions next to it;
+   The predictor and the job share an online feature store (a redis-server on a free port);
+   at the end a sample of the stream-scored transactions is scored again over gRPC from the
+   raw transaction only (``raw_transaction_check`` in the summary: how many agree, latency);
 5. prints a summary (``--summary PATH`` also writes it as JSON) and stops every process it
    started — also on Ctrl-C or SIGTERM. Exits non-zero if any event is unaccounted for.
 """
@@ -39,6 +42,8 @@ from streaming.features.spec import DEFAULT_SPEC
 from streaming.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
 from streaming.pubsub_local import PubSubEmulator, pull_all
 from streaming.simulator import simulate
+from streaming.store.check import raw_transaction_check
+from streaming.store.redis_server import RedisServer
 
 PROG = "streamscore up"
 TOPICS = ("transactions", "labels", "scores", "alerts", "dead-letter", "monitoring")
@@ -70,6 +75,7 @@ class Progress:
     online_version: str | None = None
     online_prequential_ap: float | None = None  # the learner's own (predict, then learn) AP at its last snapshot
     online_served_versions: set = field(default_factory=set, repr=False)  # carried by scores
+    sampled: dict = field(default_factory=dict, repr=False)  # a sample of score bodies, for the raw check
     drifts: int = 0
     sent_at: dict = field(default_factory=dict, repr=False)
     latencies_ms: list = field(default_factory=list, repr=False)
@@ -127,6 +133,8 @@ def _on_score(progress: Progress, body: dict, now: float) -> None:
             return
         progress.seen.add(tid)
         progress.scored += 1
+        if progress.scored % 25 == 0 and len(progress.sampled) < 200:
+            progress.sampled[tid] = body
         sent = progress.sent_at.pop(tid, None)
         if sent is not None:
             progress.latencies_ms.append((now - sent) * 1000)
@@ -292,6 +300,19 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _raw_check(target: str, df, progress: Progress) -> dict:
+    """The summary's raw-transaction check over the sampled stream scores (see streaming/store/check.py)."""
+    from streaming.datasets import iter_transactions
+
+    with progress.lock:
+        sampled = dict(progress.sampled)
+    rows = df[df["TRANSACTION_ID"].astype(str).isin(sampled)]
+    try:
+        return raw_transaction_check(target, list(iter_transactions(rows)), sampled)
+    except Exception as exc:  # noqa: BLE001 - the check reports, it never costs the demo its summary
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run the local demo stack end to end.")
     parser.add_argument("--customers", type=int, default=100)
@@ -319,6 +340,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
     progress, stop = Progress(), threading.Event()
     predictor = job = monitor = None
     emulator = PubSubEmulator(data_dir=workdir / "emulator")
+    store, raw_check = RedisServer(), None
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     status, version = "completed", None
@@ -328,14 +350,17 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         emulator.ensure(TOPICS, SUBSCRIPTIONS)
         serve_trust, job_trust = ensure_signing_keys(args)
         version = ensure_production_model(args.registry, args)
+        store.start()
         port = _free_port()
         predictor = _spawn(["serve", "--registry", str(args.registry), "--host", "127.0.0.1", "--port", str(port),
-                            "--metrics-port", "0", "--poll-interval", "1", *serve_trust], workdir / "predictor.log")
+                            "--metrics-port", "0", "--poll-interval", "1", "--online-store", store.url, *serve_trust],
+                           workdir / "predictor.log")
         _wait_serving(port, predictor)
         print(f"{PROG}: predictor serving {version} on 127.0.0.1:{port}", flush=True)
         job = _spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
                       "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
-                      "--snapshot-every-labels", str(args.snapshot_every_labels), *job_trust],
+                      "--snapshot-every-labels", str(args.snapshot_every_labels), "--online-store", store.url,
+                      *job_trust],
                      workdir / "stream-job.log")
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
         progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
@@ -381,6 +406,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         else:
             status = f"timed out after {args.timeout:g} s"
         print("\r" + _status_line(progress, time.monotonic() - started), flush=True)
+        raw_check = _raw_check(f"127.0.0.1:{port}", df, progress)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\n{PROG}: interrupted, shutting down ...", flush=True)
@@ -392,6 +418,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
             monitor.join(5)
         _stop_process(job)
         _stop_process(predictor)
+        store.stop()
         emulator.stop()
         signal.signal(signal.SIGTERM, previous)
 
@@ -417,6 +444,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         "online_versions_served": len(progress.online_served_versions),
         "drift_events": progress.drifts,
         "online_as_served": served_summary(progress),
+        "raw_transaction_check": raw_check,
         "logs": str(workdir),
     }
     print(json.dumps(summary, indent=2))

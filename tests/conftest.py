@@ -8,6 +8,7 @@ import pytest
 
 from streaming import local_runner
 from streaming.pubsub_local import EmulatorNotFound, PubSubEmulator, find_emulator
+from streaming.store.redis_server import RedisServer, RedisServerError
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,6 +33,23 @@ def pubsub_emulator():
         yield emulator
     finally:
         emulator.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh ``redis-server --port N --save "" --appendonly no`` on a free port, stopped after the test.
+
+    Tests may ``stop()`` and ``start()`` it again (same port, empty: it has no persistence).
+    """
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisServerError as exc:
+        pytest.skip(f"redis-server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -77,6 +77,12 @@ class NotReady(PredictorError):
     status = Status.UNAVAILABLE
 
 
+class StoreUnavailable(PredictorError):
+    """The online feature store (raw-transaction input) could not be read; feature vectors still work."""
+
+    status = Status.UNAVAILABLE
+
+
 class Overloaded(PredictorError):
     status = Status.RESOURCE_EXHAUSTED
 

@@ -116,6 +116,10 @@ class Telemetry:
                                        registry=r)
         self.online_reloads = Counter("streamscore_predictor_online_reloads", "Online model snapshot loads by result",
                                       ["result"], registry=r)
+        self.online_store_unknown = Counter(
+            "streamscore_predictor_online_store_unknown",
+            "Raw transactions whose card or terminal had no state in the online store (scored as new)",
+            ["entity"], registry=r)
         self._served: tuple[str, str] | None = None
         self._served_online: tuple[str, str] | None = None
         self._http = None

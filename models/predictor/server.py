@@ -49,6 +49,8 @@ from models.predictor.metrics import Telemetry
 from models.predictor.errors import Undecodable
 from models.predictor.grpc_io import grpc_io_env, grpc_io_in_effect
 from models.signing import KeyRing, add_trust_arguments, keys_from_args
+from models.predictor.raw_input import RawTransactions
+from streaming.store.redis_store import check_url
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class ServerSettings:
     # imported grpc (tests) has that process's I/O. iomgr, measured on a busy 2-core box: ~10 %
     # less server CPU per sequential unary call and ~25 % less per stream message.
     grpc_io: str = "iomgr"
+    # The online feature store the streaming job writes (redis://HOST:PORT/DB, rediss://...):
+    # enables transaction input (docs/online-store.md). Read only: the predictor never writes it.
+    online_store: str | None = None
 
     def __post_init__(self):
         if self.registry is not None and self.model_file is not None:
@@ -106,6 +111,8 @@ class ServerSettings:
         if self.registry is not None and self.signing_keys is None and not self.allow_unsigned:
             raise ValueError("a registry is served only with its key ring (--signing-key-file) or, for local "
                              "development, --allow-unsigned")
+        if self.online_store is not None:
+            check_url(self.online_store)
 
 
 def restart_with_grpc_io(settings: ServerSettings, argv: list[str], *, env=os.environ, execve=os.execve) -> None:
@@ -315,6 +322,9 @@ class PredictorServer:
         self.online_watcher = (ModelWatcher(self.scorer, source, alias=ONLINE, poll_interval=settings.poll_interval,
                                             telemetry=self.telemetry, on_swap=self._on_online_swap)
                                if settings.online and callable(getattr(source, "online_version", None)) else None)
+        self.raw = (RawTransactions.open(settings.online_store, self.scorer.feature_names,
+                                         on_unknown=self._count_unknown)
+                    if settings.online_store else None)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -327,7 +337,7 @@ class PredictorServer:
                    ("grpc.so_reuseport", 0)]  # a port already in use is an error, not silently shared
         server = grpc.aio.server(interceptors=[self.guard], options=options)
         server.add_generic_rpc_handlers((
-            service_handler(service.ScorerService(self.scorer, self.telemetry), service.SERVICE_NAME),
+            service_handler(service.ScorerService(self.scorer, self.telemetry, self.raw), service.SERVICE_NAME),
             service_handler(kserve.InferenceService(self.scorer, self.telemetry), kserve.SERVICE_NAME)))
         generic = GenericOnly(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, generic)
@@ -357,6 +367,9 @@ class PredictorServer:
                 self._watch_tasks.append(asyncio.create_task(watcher.run(), name=f"{watcher.alias}-watcher"))
         log.info("predictor listening on %s:%s (%s), metrics on %s", s.host, self.port,
                  "TLS" if s.tls_cert else "plaintext", self.metrics_port)
+
+    def _count_unknown(self, entity: str) -> None:
+        self.telemetry.online_store_unknown.labels(entity).inc()
 
     async def _on_swap(self, model) -> None:
         self.telemetry.serving(model.version, model.backend.name)
@@ -442,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU and one thread hop fewer per call) or event-engine (gRPC's default since 1.80)")
     p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="auto: uvloop when installed (less gRPC overhead per request), else asyncio")
+    p.add_argument("--online-store", default=None, metavar="URL",
+                   help="the online feature store the streaming job writes (redis://HOST:PORT/DB or "
+                        "rediss://:PASSWORD@HOST:PORT/DB): enables Score(transaction=...)")
     p.add_argument("--log-level", default="INFO", help="logging level (INFO)")
     add_trust_arguments(p, signs=False)
     return p
@@ -464,7 +480,8 @@ def settings_from_args(args: argparse.Namespace, env=os.environ) -> ServerSettin
                           max_in_flight=args.max_in_flight, max_message_bytes=args.max_message_bytes,
                           poll_interval=args.poll_interval, grace=args.grace, backend=args.backend,
                           max_batch_size=args.max_batch_size, settle_gc=True, online=args.online,
-                          grpc_io=args.grpc_io, signing_keys=keys, allow_unsigned=args.allow_unsigned)
+                          grpc_io=args.grpc_io, signing_keys=keys, allow_unsigned=args.allow_unsigned,
+                          online_store=args.online_store)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -44,8 +44,9 @@ STREAM_WINDOW = 256
 STREAM_MESSAGE = "ScoreStream.message"
 
 _TRANSACTION_UNSUPPORTED = (
-    "transaction input is not supported by the predictor: features need per-customer and per-terminal "
-    "state, which lives in the streaming job; send features (the values of the feature spec, in order)"
+    "transaction input needs the online feature store: start the predictor with --online-store "
+    "redis://HOST:PORT/DB (the store the streaming job writes), or send features (the values of the "
+    "feature spec, in order)"
 )
 
 _EOF = grpc.aio.EOF
@@ -65,9 +66,24 @@ def _internal(exc: Exception) -> Internal:
     return Internal(f"internal error ({type(exc).__name__}); see the server log")
 
 
+_FeatureVector = scorer_pb2.FeatureVector
+
+
+class _Raw:
+    """A raw-transaction message in flight: the scoring outcome and the features it was computed from."""
+
+    __slots__ = ("outcome", "raw")
+
+    def __init__(self, outcome, raw):
+        self.outcome, self.raw = outcome, raw
+
+
 class ScorerService(scorer_pb2_grpc.ScorerServicer):
-    def __init__(self, scorer: Scorer, telemetry=None):
+    """``raw`` (a :class:`~models.predictor.raw_input.RawTransactions`, optional) serves transaction input."""
+
+    def __init__(self, scorer: Scorer, telemetry=None, raw=None):
         self._scorer = scorer
+        self._raw = raw
         self._telemetry = telemetry
         self._message_latency = telemetry.latency_histogram(STREAM_MESSAGE) if telemetry is not None else None
         self._message_counts = telemetry.request_counts if telemetry is not None else None
@@ -78,16 +94,34 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         kind = request.WhichOneof("input")
         if kind != "features":
             if kind == "transaction":
-                raise Unimplemented(_TRANSACTION_UNSUPPORTED, field="transaction")
+                raise Unimplemented(_TRANSACTION_UNSUPPORTED, field="transaction")  # _submit/Score handle it
             raise InvalidArgument(f"input is required: set features ({len(self._scorer.feature_names)} values) "
                                   f"or transaction", field="input")
         self._scorer.resolve(request.model_name)
         features = request.features
         return self._scorer.features_row(features.values, features.names)
 
+    def _raw_features(self, request):
+        """The RawFeatures of a transaction request; its errors as PredictorError."""
+        if self._raw is None:
+            raise Unimplemented(_TRANSACTION_UNSUPPORTED, field="transaction")
+        self._scorer.resolve(request.model_name)
+        return self._raw.features(request.transaction)
+
+    def _with_raw(self, response, raw):
+        response.features.values.extend(raw.values)
+        response.customer_known = raw.customer_known
+        response.terminal_known = raw.terminal_known
+        age = self._raw.state_age_ms(raw)
+        if age is not None:
+            response.state_age_ms = age
+        return response
+
     @rpc("Score")
     async def Score(self, request, context):
         start = time.perf_counter_ns()
+        if type(request) is not Undecodable and request.HasField("transaction"):
+            return await self._score_transaction(request, context, start)
         if type(request) is not Undecodable and request.HasField("features"):
             features = request.features
             if not features.names:  # the usual request: one unnamed row, scored at once without numpy
@@ -101,6 +135,23 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         result = self._scorer.dispatch(row)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
+        return self._response(request, start, result)
+
+    async def _score_transaction(self, request, context, start):
+        raw = self._raw_features(request)
+        check_deadline(context)
+        scored = self._scorer.score_now(raw.values, request.model_name)  # native trees: no numpy
+        if scored is not None:
+            return self._with_raw(_Response(transaction_id=request.transaction_id, score=scored[0],
+                                            model_version=scored[1],
+                                            latency_us=(time.perf_counter_ns() - start) // 1000), raw)
+        result = self._scorer.dispatch(self._scorer.features_row(raw.values))
+        if type(result) is not tuple:
+            result = await result
+        return self._with_raw(self._response(request, start, result), raw)
+
+    @staticmethod
+    def _response(request, start, result):
         scores, version, online_scores, online_version = result
         if online_scores is None:
             return _Response(transaction_id=request.transaction_id, score=scores[0], model_version=version,
@@ -167,6 +218,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         Conditions of the server rather than of the message (no model loaded yet, overloaded)
         end the whole call with their status instead, so the client retries the batch.
         """
+        if type(outcome) is _Raw:
+            response = self._respond(request, start, outcome.outcome)
+            return self._with_raw(response, outcome.raw) if type(outcome.outcome) is tuple else response
         if type(outcome) is tuple:
             scores, version, online_scores, online_version = outcome
             elapsed = time.perf_counter_ns() - start
@@ -187,8 +241,11 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         return _Response(transaction_id=getattr(request, "transaction_id", ""),
                          error=_ScoreError(code=int(outcome.status), message=outcome.message))
 
-    @staticmethod
-    async def _outcome(pending):
+    @classmethod
+    async def _outcome(cls, pending):
+        if type(pending) is _Raw:
+            inner = pending.outcome
+            return _Raw(inner if type(inner) is tuple else await cls._outcome(inner), pending.raw)
         if isinstance(pending, PredictorError):
             return pending
         try:
@@ -201,6 +258,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def _submit(self, request):
         """Score one message now (native trees: a result tuple) or queue it (a future); or its error."""
         try:
+            if type(request) is not Undecodable and request.HasField("transaction"):
+                raw = self._raw_features(request)
+                return _Raw(self._scorer.dispatch(self._scorer.features_row(raw.values)), raw)
             return self._scorer.dispatch(self._row(request))
         except PredictorError as exc:
             return exc

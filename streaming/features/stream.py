@@ -19,7 +19,6 @@ lateness, goes to the dead-letter output with the reason: nothing is dropped sil
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,16 +29,16 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from streaming.events import DeadLetter, Label, Transaction, dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
+from streaming.features.transaction import time_ns, transaction_features
 from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
 from streaming.guard import guarded
 from streaming.labelled import FeatureStore
+from streaming.store.online import OnlineStoreWrites
 
 DEAD_LETTER = "dead_letter"
 EXAMPLES = "examples"
 STAGE = "features"
 LABEL_STAGE = "label"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_WEEKEND = (5, 6)
 
 
 class FeaturedTransaction(NamedTuple):
@@ -47,19 +46,6 @@ class FeaturedTransaction(NamedTuple):
 
     transaction: Transaction
     features: tuple[float, ...]
-
-
-def time_ns(value: datetime) -> int:
-    """Exact integer nanoseconds since the epoch of an aware datetime."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-def transaction_features(tx: Transaction) -> dict[str, float]:
-    """TX_AMOUNT, TX_DURING_WEEKEND, TX_DURING_NIGHT of one transaction (UTC event time)."""
-    t = tx.event_time.astimezone(UTC)
-    return {"TX_AMOUNT": tx.amount, "TX_DURING_WEEKEND": float(t.weekday() in _WEEKEND),
-            "TX_DURING_NIGHT": float(t.hour <= 6)}
 
 
 def key_by_customer(event: Transaction | Label) -> tuple[str, Transaction | Label]:
@@ -84,15 +70,23 @@ class CustomerStateFn(beam.DoFn):
 
     STATE = ReadModifyWriteStateSpec("customer", PickleCoder())
 
-    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0):
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
+                 online_store: str | None = None):
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
+        self.online = OnlineStoreWrites(self.__class__, "customer", online_store, spec, allowed_lateness_days)
         self._duplicates = Metrics.counter(self.__class__, "duplicates")
         self._late = Metrics.counter(self.__class__, "late")
 
+    def start_bundle(self):
+        self.online.start_bundle()
+
+    def finish_bundle(self):
+        self.online.finish_bundle()
+
     @guarded(STAGE)
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
-        _, tx = element
+        customer_id, tx = element
         if isinstance(tx, Label):  # labels ride the same path so they keep their order
             yield tx.terminal_id, tx
             return
@@ -111,6 +105,7 @@ class CustomerStateFn(beam.DoFn):
                 tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
             return
         state.write(current)
+        self.online.updated(customer_id, current)
         yield tx.terminal_id, (tx, features)
 
 
@@ -132,15 +127,23 @@ class TerminalStateFn(beam.DoFn):
     SCORED = ReadModifyWriteStateSpec("scored", PickleCoder())
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
-                 keep_examples_days: float | None = None, emit: Callable[[FeaturedTransaction], Any] | None = None):
+                 keep_examples_days: float | None = None, emit: Callable[[FeaturedTransaction], Any] | None = None,
+                 online_store: str | None = None):
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
         self.keep_examples_days = keep_examples_days
         self.emit = emit
+        self.online = OnlineStoreWrites(self.__class__, "terminal", online_store, spec, allowed_lateness_days)
         self._labels = Metrics.counter(self.__class__, "labels")
         self._late = Metrics.counter(self.__class__, "late")
         self._examples = Metrics.counter(self.__class__, "examples")
         self._aged_out = Metrics.counter(self.__class__, "labels_aged_out")
+
+    def start_bundle(self):
+        self.online.start_bundle()
+
+    def finish_bundle(self):
+        self.online.finish_bundle()
 
     def _store(self, scored) -> FeatureStore:
         store = scored.read()
@@ -151,7 +154,7 @@ class TerminalStateFn(beam.DoFn):
         return self._process(element, state, scored)
 
     def _process(self, element, state, scored):
-        _, value = element
+        terminal_id, value = element
         current = state.read()
         if current is None:  # not `or`: a state holding only pending labels has len() == 0
             current = TerminalState(self.spec, int(self.allowed_lateness_days * DAY_NS))
@@ -159,6 +162,8 @@ class TerminalStateFn(beam.DoFn):
             self._labels.inc()
             current.add_label(value.transaction_id, time_ns(value.event_time), value.label, payload=value)
             state.write(current)
+            if value.label:  # a genuine label changes nothing
+                self.online.updated(terminal_id, current)
             if self.keep_examples_days:
                 store = self._store(scored)
                 example = store.label(value.transaction_id, value.label, time_ns(value.event_time))
@@ -184,6 +189,7 @@ class TerminalStateFn(beam.DoFn):
         for label in aged_out:
             self._aged_out.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_of_event(label, _never_came(current, label), LABEL_STAGE))
+        self.online.updated(terminal_id, current)
         values = {**tx_values, **terminal}
         values.update(derived_features(values, self.spec))
         featured = FeaturedTransaction(tx, tuple(values[name] for name in self.spec.names))
@@ -205,8 +211,8 @@ class TerminalFeaturesFn(TerminalStateFn):
     """
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
-                 emit: Callable[[FeaturedTransaction], Any] | None = None):
-        super().__init__(spec, allowed_lateness_days, None, emit)
+                 emit: Callable[[FeaturedTransaction], Any] | None = None, online_store: str | None = None):
+        super().__init__(spec, allowed_lateness_days, None, emit, online_store)
 
     @guarded(STAGE)
     def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
@@ -223,12 +229,15 @@ class StreamFeatures(beam.PTransform):
     With ``keep_examples_days`` the output also has ``"examples"``: an
     :class:`~streaming.labelled.Example` for each label whose transaction was featurised
     at most that many days (event time) before the terminal's latest transaction.
+    With ``online_store`` (a redis:// URL), both stages also write each key's updated state to
+    that online store at the end of each bundle (:mod:`streaming.store.online`).
     """
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
                  keep_examples_days: float | None = None, *, keyed: bool = False,
-                 emit: Callable[[FeaturedTransaction], Any] | None = None):
+                 emit: Callable[[FeaturedTransaction], Any] | None = None, online_store: str | None = None):
         super().__init__()
+        self.online_store = online_store
         self.spec = spec
         self.allowed_lateness_days = allowed_lateness_days
         self.keep_examples_days = keep_examples_days
@@ -241,13 +250,15 @@ class StreamFeatures(beam.PTransform):
         customer = (
             events
             | CustomerStateFn.__name__ >> beam.ParDo(
-                CustomerStateFn(self.spec, self.allowed_lateness_days)).with_outputs(DEAD_LETTER, main="main")
+                CustomerStateFn(self.spec, self.allowed_lateness_days, self.online_store)).with_outputs(DEAD_LETTER, main="main")
         )
         terminal = (
             customer.main
             | TerminalStateFn.__name__ >> beam.ParDo(
-                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days, self.emit)
-                if self.keep_examples_days else TerminalFeaturesFn(self.spec, self.allowed_lateness_days, self.emit))
+                TerminalStateFn(self.spec, self.allowed_lateness_days, self.keep_examples_days, self.emit,
+                                self.online_store)
+                if self.keep_examples_days else TerminalFeaturesFn(self.spec, self.allowed_lateness_days, self.emit,
+                                                                   self.online_store))
             .with_output_types(FeaturedTransaction if self.emit is None else Any)
             .with_outputs(DEAD_LETTER, EXAMPLES, main="main")
         )

@@ -288,6 +288,19 @@ class _KeyState:
     def _horizon_ns(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def seen(self, transaction_id) -> bool:
+        """Whether ``transaction_id`` is among the transactions held."""
+        return self._seen(transaction_id)
+
+    def features_at(self, time_ns: int) -> dict[str, float]:
+        """The features a transaction at ``time_ns`` gets from the transactions held now (it included, if
+        it was added): what :meth:`CustomerState.add` / :meth:`TerminalState.add_transaction` returned for it
+        unless events that arrived since fall in its window."""
+        return self._features_at(_time_ns(time_ns))
+
+    def _features_at(self, t: int) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def _seen(self, transaction_id) -> bool:
         if self._id_set is None:
             self._id_set = set(self._ids)

@@ -61,6 +61,13 @@ def test_bad_flags_are_rejected():
         build(["--local-pull-size=0"])
     with pytest.raises(ValueError, match="got 100 and 0.0"):
         build(["--local-pull-deadline=0"])
+    with pytest.raises(ValueError, match="--online-store must start with redis://"):
+        build(["--online-store=http://127.0.0.1:6379/0"])
+
+
+def test_online_store_flag_reaches_the_config():
+    _, config = build(["--online-store=rediss://:pw@memorystore.internal:6378/2"])
+    assert config.online_store == "rediss://:pw@memorystore.internal:6378/2"
 
 
 def test_sharded_learners_build_a_combine_step_for_dataflow():

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.streamscore.v1 import events_pb2 as protos_dot_streamscore_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/streamscore/v1/scorer.proto\x12\x0estreamscore.v1\x1a\"protos/streamscore/v1/events.proto\".\n\rFeatureVector\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05names\x18\x02 \x03(\t\"\xaa\x01\n\x0cScoreRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x31\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1d.streamscore.v1.FeatureVectorH\x00\x12\x32\n\x0btransaction\x18\x04 \x01(\x0b\x32\x1b.streamscore.v1.TransactionH\x00\x42\x07\n\x05input\"+\n\nScoreError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf4\x01\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x19\n\x0conline_score\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12!\n\x14online_model_version\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\x12)\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x1a.streamscore.v1.ScoreErrorB\x0f\n\r_online_scoreB\x17\n\x15_online_model_version2\x9e\x01\n\x06Scorer\x12\x44\n\x05Score\x12\x1c.streamscore.v1.ScoreRequest\x1a\x1d.streamscore.v1.ScoreResponse\x12N\n\x0bScoreStream\x12\x1c.streamscore.v1.ScoreRequest\x1a\x1d.streamscore.v1.ScoreResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/streamscore/v1/scorer.proto\x12\x0estreamscore.v1\x1a\"protos/streamscore/v1/events.proto\".\n\rFeatureVector\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05names\x18\x02 \x03(\t\"\xaa\x01\n\x0cScoreRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x31\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1d.streamscore.v1.FeatureVectorH\x00\x12\x32\n\x0btransaction\x18\x04 \x01(\x0b\x32\x1b.streamscore.v1.TransactionH\x00\x42\x07\n\x05input\"+\n\nScoreError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x03\n\rScoreResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x19\n\x0conline_score\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12!\n\x14online_model_version\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\x12)\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x1a.streamscore.v1.ScoreError\x12/\n\x08\x66\x65\x61tures\x18\x08 \x01(\x0b\x32\x1d.streamscore.v1.FeatureVector\x12\x19\n\x0cstate_age_ms\x18\t \x01(\x03H\x02\x88\x01\x01\x12\x16\n\x0e\x63ustomer_known\x18\n \x01(\x08\x12\x16\n\x0eterminal_known\x18\x0b \x01(\x08\x42\x0f\n\r_online_scoreB\x17\n\x15_online_model_versionB\x0f\n\r_state_age_ms2\x9e\x01\n\x06Scorer\x12\x44\n\x05Score\x12\x1c.streamscore.v1.ScoreRequest\x1a\x1d.streamscore.v1.ScoreResponse\x12N\n\x0bScoreStream\x12\x1c.streamscore.v1.ScoreRequest\x1a\x1d.streamscore.v1.ScoreResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREERROR']._serialized_start=311
   _globals['_SCOREERROR']._serialized_end=354
   _globals['_SCORERESPONSE']._serialized_start=357
-  _globals['_SCORERESPONSE']._serialized_end=601
-  _globals['_SCORER']._serialized_start=604
-  _globals['_SCORER']._serialized_end=762
+  _globals['_SCORERESPONSE']._serialized_end=742
+  _globals['_SCORER']._serialized_start=745
+  _globals['_SCORER']._serialized_end=903
 # @@protoc_insertion_point(module_scope)

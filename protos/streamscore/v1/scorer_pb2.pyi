@@ -36,7 +36,7 @@ class ScoreError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("transaction_id", "score", "model_version", "online_score", "online_model_version", "latency_us", "error")
+    __slots__ = ("transaction_id", "score", "model_version", "online_score", "online_model_version", "latency_us", "error", "features", "state_age_ms", "customer_known", "terminal_known")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,10 @@ class ScoreResponse(_message.Message):
     ONLINE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENCY_US_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    STATE_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_KNOWN_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     score: float
     model_version: str
@@ -51,4 +55,8 @@ class ScoreResponse(_message.Message):
     online_model_version: str
     latency_us: int
     error: ScoreError
-    def __init__(self, transaction_id: _Optional[str] = ..., score: _Optional[float] = ..., model_version: _Optional[str] = ..., online_score: _Optional[float] = ..., online_model_version: _Optional[str] = ..., latency_us: _Optional[int] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ...) -> None: ...
+    features: FeatureVector
+    state_age_ms: int
+    customer_known: bool
+    terminal_known: bool
+    def __init__(self, transaction_id: _Optional[str] = ..., score: _Optional[float] = ..., model_version: _Optional[str] = ..., online_score: _Optional[float] = ..., online_model_version: _Optional[str] = ..., latency_us: _Optional[int] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., features: _Optional[_Union[FeatureVector, _Mapping]] = ..., state_age_ms: _Optional[int] = ..., customer_known: _Optional[bool] = ..., terminal_known: _Optional[bool] = ...) -> None: ...

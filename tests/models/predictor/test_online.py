@@ -436,3 +436,13 @@ def test_serve_flag_turns_online_scoring_off(tmp_path):
     parser = build_parser()
     assert settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--allow-unsigned"])).online is True
     assert settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--no-online", "--allow-unsigned"])).online is False
+
+
+def test_serve_online_store_flag(tmp_path):
+    from models.predictor.server import build_parser, settings_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--registry", str(tmp_path), "--allow-unsigned", "--online-store", "redis://127.0.0.1:1/0"])
+    assert settings_from_args(args).online_store == "redis://127.0.0.1:1/0"
+    with pytest.raises(ValueError, match="--online-store must start with"):
+        settings_from_args(parser.parse_args(["--registry", str(tmp_path), "--allow-unsigned", "--online-store", "127.0.0.1:1"]))

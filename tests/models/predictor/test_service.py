@@ -111,7 +111,7 @@ def test_score_stream_answers_in_order_and_survives_bad_messages(serve, make_sco
     (request([float("inf")] + [1.0] * 14), grpc.StatusCode.INVALID_ARGUMENT, "features.values[0] (TX_AMOUNT)"),
     (request(model_name="champion"), grpc.StatusCode.NOT_FOUND, 'model_name "champion" is not served'),
     (scorer_pb2.ScoreRequest(transaction=events_pb2.Transaction(transaction_id="1")), grpc.StatusCode.UNIMPLEMENTED,
-     "per-customer and per-terminal state"),
+     "transaction input needs the online feature store"),
 ])
 def test_bad_input_maps_to_codes_naming_the_field(serve, make_scorer, message, code, needle):
     server = serve(make_scorer())
