@@ -1,6 +1,6 @@
 """The replay report: one JSON document with every figure, a text summary, and an HTML page with plots.
 
-The HTML reuses :mod:`models.report`'s inline-SVG plotting (no plotting library): latency
+The HTML draws its plots with matplotlib (:mod:`models.plots`, as the model report does): latency
 percentiles over time (by intended send time), throughput in vs out, backlog, and a latency
 histogram; step-load stages are marked on the time axes.
 """
