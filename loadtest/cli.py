@@ -12,5 +12,6 @@ KINDS = {
 
 
 def run(argv: list[str] | None = None) -> int:
-    _, run_kind, rest = select("streamscore loadtest", __doc__.splitlines()[0], KINDS, list(argv or []))
+    _, run_kind, rest = select("streamscore loadtest", "Load tests of the predictor or of the whole system.", KINDS,
+                               list(argv or []))
     return int(run_kind(rest) or 0)

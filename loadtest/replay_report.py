@@ -1,6 +1,6 @@
 """The replay report: one JSON document with every figure, a text summary, and an HTML page with plots.
 
-The HTML reuses :mod:`models.report`'s inline-SVG plotting (no plotting library): latency
+The HTML draws its plots with matplotlib (:mod:`models.plots`, as the model report does): latency
 percentiles over time (by intended send time), throughput in vs out, backlog, and a latency
 histogram; step-load stages are marked on the time axes.
 """
@@ -15,7 +15,8 @@ import numpy as np
 
 from loadtest.replay_ledger import highest_sustainable, histogram, latency_figures, series
 from models.online import average_precision
-from models.report import COLORS, CSS, _esc, _Plot
+from models.plots import COLORS, figure, to_svg
+from models.report import CSS, _esc
 
 SCHEMA = "streamscore.loadtest.replay.v1"
 
@@ -140,51 +141,36 @@ def format_summary(report: dict) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-def _segments(x, y):
-    """Runs of consecutive non-``None`` points."""
-    run: list = []
-    for a, b in zip(x, y):
-        if b is None or not math.isfinite(b):
-            if run:
-                yield run
-            run = []
-        else:
-            run.append((a, b))
-    if run:
-        yield run
-
-
 def _time_plot(report: dict, title: str, ylabel: str, lines: list[tuple[str, str, list]], ymin: float = 0.0,
                limit: tuple[float, str] | None = None) -> str:
     s = report["series"]
-    t = [v - s["bucket_s"] / 2 for v in s["t"]]
-    values = [v for _, _, ys in lines for v in ys if v is not None and math.isfinite(v)]
-    top = max(values + ([limit[0]] if limit else []), default=1.0) * 1.15 or 1.0
-    plot = _Plot(title, "Seconds since the start", ylabel, (0, max(s["t"], default=1.0)), (ymin, top))
+    t = np.asarray([v - s["bucket_s"] / 2 for v in s["t"]], dtype=float)
+    fig, ax = figure()
     if limit is not None:
-        plot.line([0, max(s["t"], default=1.0)], [limit[0]] * 2, "#d62728", limit[1], width=1, dash="6 3")
+        ax.axhline(limit[0], color="#d62728", linewidth=1, linestyle="--", label=limit[1])
     for st in report["stages"]:
-        plot.line([st["start_s"]] * 2, [ymin, top], "#bbb", None, width=1, dash="3 3")
-    for color, label, ys in lines:
-        first = True
-        for seg in _segments(t, ys):
-            xs, vs = zip(*seg)
-            plot.line(xs, vs, color, label if first else None)
-            first = False
-    return plot.svg()
+        ax.axvline(st["start_s"], color="#bbb", linewidth=1, linestyle=":")
+    for color, label, ys in lines:  # None / non-finite values leave gaps (matplotlib skips NaN)
+        ax.plot(t, [np.nan if v is None or not math.isfinite(v) else v for v in ys], color=color, label=label)
+    ax.set(title=title, xlabel="Seconds since the start", ylabel=ylabel, xlim=(0, max(s["t"], default=1.0)))
+    ax.set_ylim(bottom=ymin)
+    ax.legend(loc="upper left", fontsize=8)
+    return to_svg(fig)
 
 
 def _histogram_plot(report: dict) -> str:
     h = report["histogram"]
     if not h["counts"]:
         return "<p>No scored events.</p>"
-    edges = np.log10(np.asarray(h["edges_ms"]))
+    edges = np.asarray(h["edges_ms"], dtype=float)
     counts = np.asarray(h["counts"], dtype=float)
-    plot = _Plot("End-to-end latency histogram", "Latency (ms, log scale)", "Events", (edges[0], edges[-1]),
-                 (0, counts.max() * 1.15 or 1.0))
-    plot.bars(edges[:-1], edges[1:], counts, COLORS[0], f"{int(counts.sum()):,} scored events")
-    ticks = [(e, f"{10 ** e:,.3g}") for e in np.linspace(edges[0], edges[-1], 6)]
-    return plot.svg(xticks=ticks)
+    fig, ax = figure()
+    ax.stairs(counts, edges, fill=True, color=COLORS[0], label=f"{int(counts.sum()):,} scored events")
+    ax.set_xscale("log")
+    ax.set(title="End-to-end latency histogram", xlabel="Latency (ms, log scale)", ylabel="Events",
+           xlim=(edges[0], edges[-1]))
+    ax.legend(loc="upper right", fontsize=8)
+    return to_svg(fig)
 
 
 def _table(head: list[str], rows: list[list]) -> str:

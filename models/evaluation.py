@@ -73,12 +73,12 @@ def roc_auc(y_true, scores) -> float:
 
 def average_precision(y_true, scores) -> float:
     """Average precision: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds,
-    highest first (scikit-learn's ``average_precision_score``; no interpolation)."""
+    highest first — scikit-learn's ``average_precision_score`` (no interpolation), after the
+    input checks above (both classes present, finite scores, one-dimensional)."""
+    from sklearn.metrics import average_precision_score
+
     y, s = _binary_inputs(y_true, scores)
-    tps, fps, _ = _threshold_counts(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

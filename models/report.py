@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a model's test periods, with inline SVG plots (no plotting library).
+"""A self-contained HTML report of a model's test periods, with inline SVG plots drawn by matplotlib.
 
 What a fraud analyst looks at: the metrics per fold, precision–recall and ROC curves, card
 precision@k per day next to the number of compromised cards there were to find, score
@@ -20,10 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.evaluation import card_precision_at_k, event_days, precision_recall_curve, roc_curve
+from models.plots import COLORS, figure, to_svg
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
-WIDTH, HEIGHT = 460, 320
-MARGIN = dict(left=58, right=16, top=28, bottom=44)
 METRIC_LABELS = {"auc_roc": "AUC ROC", "average_precision": "Average precision"}
 
 
@@ -35,96 +33,6 @@ def _label(metric: str) -> str:
     if metric.startswith("card_precision@"):
         return "Card precision@" + metric.split("@", 1)[1]
     return METRIC_LABELS.get(metric, metric)
-
-
-def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """About ``target`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) in [lo, hi]."""
-    raw = (hi - lo) / target or 1.0
-    mag = 10.0 ** np.floor(np.log10(raw))
-    step = mag * next(m for m in (1, 2, 2.5, 5, 10) if m * mag >= raw - 1e-12)
-    first = np.ceil(lo / step - 1e-9) * step
-    return [float(round(v, 10)) + 0.0 for v in np.arange(first, hi + step * 1e-6, step)]  # no "-0"
-
-
-class _Plot:
-    """One SVG chart with linear axes; data coordinates in, pixels out."""
-
-    def __init__(self, title: str, xlabel: str, ylabel: str, xlim: tuple[float, float], ylim: tuple[float, float],
-                 width: int = WIDTH, height: int = HEIGHT, ylog: bool = False):
-        self.w, self.h, self.ylog = width, height, ylog
-        self.x0, self.x1 = xlim
-        self.y0, self.y1 = (np.log10(ylim[0]), np.log10(ylim[1])) if ylog else ylim
-        self.parts: list[str] = []
-        self.legend: list[tuple[str, str]] = []
-        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
-
-    def px(self, x) -> np.ndarray:
-        span = (self.x1 - self.x0) or 1.0
-        return MARGIN["left"] + (np.asarray(x, dtype=float) - self.x0) / span * (self.w - MARGIN["left"] - MARGIN["right"])
-
-    def py(self, y) -> np.ndarray:
-        y = np.asarray(y, dtype=float)
-        if self.ylog:
-            y = np.log10(np.maximum(y, 10 ** self.y0))
-        span = (self.y1 - self.y0) or 1.0
-        return self.h - MARGIN["bottom"] - (y - self.y0) / span * (self.h - MARGIN["top"] - MARGIN["bottom"])
-
-    def line(self, x, y, color: str, label: str | None = None, width: float = 1.6, dash: str | None = None) -> None:
-        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(self.px(x), self.py(y)))
-        extra = f' stroke-dasharray="{dash}"' if dash else ""
-        self.parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}"{extra} points="{pts}"/>')
-        if label:
-            self.legend.append((color, label))
-
-    def bars(self, x_left, x_right, y, color: str, label: str | None = None, opacity: float = 0.85) -> None:
-        base = self.py(10 ** self.y0 if self.ylog else max(self.y0, 0.0))
-        for a, b, top in zip(self.px(x_left), self.px(x_right), self.py(y)):
-            self.parts.append(f'<rect x="{a:.1f}" y="{min(top, base):.1f}" width="{max(b - a, 0.5):.1f}" '
-                              f'height="{abs(base - top):.1f}" fill="{color}" fill-opacity="{opacity}"/>')
-        if label:
-            self.legend.append((color, label))
-
-    def markers(self, x, y, color: str, label: str | None = None) -> None:
-        for a, b in zip(self.px(x), self.py(y)):
-            self.parts.append(f'<path d="M{a - 4:.1f},{b:.1f}h8" stroke="{color}" stroke-width="2.5"/>')
-        if label:
-            self.legend.append((color, label))
-
-    def _ticks(self, lo: float, hi: float, log: bool) -> list[float]:
-        if log:
-            return [10.0 ** e for e in range(int(np.ceil(lo)), int(np.floor(hi)) + 1)]
-        return _nice_ticks(lo, hi)
-
-    def svg(self, xticks: Sequence[tuple[float, str]] | None = None, legend_at: str = "top right") -> str:
-        left, right = MARGIN["left"], self.w - MARGIN["right"]
-        top, bottom = MARGIN["top"], self.h - MARGIN["bottom"]
-        axes = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="#fafafa" stroke="#bbb"/>']
-        for v in self._ticks(self.y0, self.y1, self.ylog):
-            y = float(self.py(v))
-            text = f"{v:g}" if self.ylog else f"{v:.2f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:,.0f}"
-            axes.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                        f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_esc(text)}</text>')
-        ticks = xticks if xticks is not None else [(v, f"{v:.2f}".rstrip("0").rstrip(".")) for v in _nice_ticks(self.x0, self.x1)]
-        for v, text in ticks:
-            x = float(self.px(v))
-            axes.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#888"/>'
-                        f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{_esc(text)}</text>')
-        axes.append(f'<text x="{(left + right) / 2:.0f}" y="{self.h - 8}" text-anchor="middle">{_esc(self.xlabel)}</text>')
-        axes.append(f'<text transform="translate(14,{(top + bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">{_esc(self.ylabel)}</text>')
-        axes.append(f'<text x="{left}" y="18" font-weight="bold">{_esc(self.title)}</text>')
-        legend = []
-        first = top + 14 if legend_at.startswith("top") else bottom - 8 - 15 * (len(self.legend) - 1)
-        if legend_at.endswith("left"):
-            x = left + 10
-        else:
-            x = right - 20 - 6.2 * max((len(label) for _, label in self.legend), default=0)  # ~6 px per character
-        for i, (color, label) in enumerate(self.legend):
-            y = first + 15 * i
-            legend.append(f'<rect x="{x:.0f}" y="{y - 9}" width="10" height="10" fill="{color}"/>'
-                          f'<text x="{x + 15:.0f}" y="{y}">{_esc(label)}</text>')
-        body = "".join(axes + self.parts + legend)
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
-                f'viewBox="0 0 {self.w} {self.h}" font-family="sans-serif" font-size="11">{body}</svg>')
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -144,24 +52,28 @@ def _fold_label(outcome) -> str:
 
 
 def _pr_plot(outcomes) -> str:
-    plot = _Plot("Precision–recall (transactions)", "Recall", "Precision", (0, 1), (0, 1))
+    fig, ax = figure()
     for i, o in enumerate(outcomes):
         p, r, _ = precision_recall_curve(o.test["TX_FRAUD"].to_numpy(), o.test["score"].to_numpy())
         r, p = _thin(np.r_[0.0, r], np.r_[p[0], p])
-        plot.line(r, p, COLORS[i % len(COLORS)], f"{_fold_label(o)} AP {o.metrics['average_precision']:.3f}")
+        ax.plot(r, p, color=COLORS[i % len(COLORS)], label=f"{_fold_label(o)} AP {o.metrics['average_precision']:.3f}")
     prevalence = np.mean([o.test["TX_FRAUD"].mean() for o in outcomes])
-    plot.line([0, 1], [prevalence, prevalence], "#999", f"random ({prevalence:.3%})", dash="4 3")
-    return plot.svg(legend_at="bottom left")  # PR curves never reach low precision at low recall
+    ax.axhline(prevalence, color="#999", linestyle="--", label=f"random ({prevalence:.3%})")
+    ax.set(title="Precision–recall (transactions)", xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower left", fontsize=8)  # PR curves never reach low precision at low recall
+    return to_svg(fig)
 
 
 def _roc_plot(outcomes) -> str:
-    plot = _Plot("ROC curve", "False positive rate", "True positive rate", (0, 1), (0, 1))
+    fig, ax = figure()
     for i, o in enumerate(outcomes):
         fpr, tpr, _ = roc_curve(o.test["TX_FRAUD"].to_numpy(), o.test["score"].to_numpy())
         fpr, tpr = _thin(fpr, tpr)
-        plot.line(fpr, tpr, COLORS[i % len(COLORS)], f"{_fold_label(o)} AUC {o.metrics['auc_roc']:.3f}")
-    plot.line([0, 1], [0, 1], "#999", "random", dash="4 3")
-    return plot.svg(legend_at="bottom right")
+        ax.plot(fpr, tpr, color=COLORS[i % len(COLORS)], label=f"{_fold_label(o)} AUC {o.metrics['auc_roc']:.3f}")
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="random")
+    ax.set(title="ROC curve", xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize=8)
+    return to_svg(fig)
 
 
 def _card_precision_plot(outcomes, k: int) -> str:
@@ -173,37 +85,36 @@ def _card_precision_plot(outcomes, k: int) -> str:
             rows.append((day, value, min(n, k) / k, i))
     rows.sort()
     n = len(rows)
-    width = max(WIDTH, 36 * n + MARGIN["left"] + MARGIN["right"])
-    top = max([r[2] for r in rows] + [r[1] for r in rows] + [0.1])
-    ymax = min(1.0, np.ceil(top * 1.4 * 10) / 10)  # headroom for the legend, on a 0.1 grid
-    plot = _Plot(f"Card precision@{k} per test day", "Test day", f"Card precision@{k}", (-0.5, n - 0.5),
-                 (0, ymax), width=width)
+    fig, ax = figure(max(4.8, 0.38 * n + 1.2), 3.3)
     x = np.arange(n)
     for i in sorted({r[3] for r in rows}):
         sel = np.array([r[3] == i for r in rows])
-        plot.bars(x[sel] - 0.35, x[sel] + 0.35, np.array([r[1] for r in rows])[sel], COLORS[i % len(COLORS)],
-                  _fold_label(outcomes[i]))
-    plot.markers(x, [r[2] for r in rows], "#000", f"best possible (compromised cards / {k})")
-    mean = float(np.mean([r[1] for r in rows]))
-    plot.line([-0.5, n - 0.5], [mean, mean], "#555", f"mean {mean:.3f}", dash="4 3")
+        ax.bar(x[sel], np.array([r[1] for r in rows])[sel], width=0.7, color=COLORS[i % len(COLORS)],
+               label=_fold_label(outcomes[i]))
+    ax.plot(x, [r[2] for r in rows], "k_", markersize=12, linestyle="none",
+            label=f"best possible (compromised cards / {k})")
+    mean = float(np.mean([r[1] for r in rows])) if rows else 0.0
+    ax.axhline(mean, color="#555", linestyle="--", label=f"mean {mean:.3f}")
     step = max(1, n // 14)
-    ticks = [(j, rows[j][0].strftime("%m-%d") if isinstance(rows[j][0], dt.date) else str(rows[j][0])) for j in range(0, n, step)]
-    return plot.svg(xticks=ticks)
+    ax.set_xticks(x[::step], [rows[j][0].strftime("%m-%d") if isinstance(rows[j][0], dt.date) else str(rows[j][0])
+                              for j in range(0, n, step)])
+    top = max([r[2] for r in rows] + [r[1] for r in rows] + [0.1])
+    ax.set(title=f"Card precision@{k} per test day", xlabel="Test day", ylabel=f"Card precision@{k}",
+           xlim=(-0.5, n - 0.5), ylim=(0, min(1.0, np.ceil(top * 1.4 * 10) / 10)))
+    ax.legend(loc="upper right", fontsize=8, ncols=2)
+    return to_svg(fig)
 
 
 def _score_plot(outcomes) -> str:
     scores = np.concatenate([o.test["score"].to_numpy() for o in outcomes])
     fraud = np.concatenate([o.test["TX_FRAUD"].to_numpy() for o in outcomes]) == 1
+    fig, ax = figure()
     edges = np.linspace(0, 1, 41)
-    genuine_counts, _ = np.histogram(scores[~fraud], bins=edges)
-    fraud_counts, _ = np.histogram(scores[fraud], bins=edges)
-    peak = max(genuine_counts.max(initial=1), fraud_counts.max(initial=1))
-    plot = _Plot("Score distribution by class", "Fraud score", "Transactions (log scale)", (0, 1),
-                 (0.5, 10 ** np.ceil(np.log10(peak + 1) + 0.5)), ylog=True)
-    middle = (edges[:-1] + edges[1:]) / 2  # genuine in the left half of each bin, fraud in the right
-    plot.bars(edges[:-1], middle, np.maximum(genuine_counts, 1e-9), "#1f77b4", f"genuine ({(~fraud).sum():,})")
-    plot.bars(middle, edges[1:], np.maximum(fraud_counts, 1e-9), "#d62728", f"fraud ({fraud.sum():,})")
-    return plot.svg()
+    ax.hist([scores[~fraud], scores[fraud]], bins=edges, color=["#1f77b4", "#d62728"], log=True,
+            label=[f"genuine ({(~fraud).sum():,})", f"fraud ({fraud.sum():,})"])
+    ax.set(title="Score distribution by class", xlabel="Fraud score", ylabel="Transactions (log scale)", xlim=(0, 1))
+    ax.legend(loc="upper right", fontsize=8)
+    return to_svg(fig)
 
 
 def _importance_plot(outcomes) -> str:
@@ -215,20 +126,13 @@ def _importance_plot(outcomes) -> str:
         total = sum(o.importance.values()) or 1.0
         shares.append([o.importance.get(name, 0.0) / total for name in names])
     mean = np.mean(shares, axis=0)
-    order = np.argsort(-mean)
-    height = 30 + 20 * len(names)
-    left = 250
-    width = WIDTH + 120
-    bar_span = width - left - 60
-    scale = bar_span / max(mean.max(), 1e-12)
-    parts = [f'<text x="10" y="18" font-weight="bold">Feature importance (share of total gain, mean over folds)</text>']
-    for row, j in enumerate(order):
-        y = 30 + 20 * row
-        parts.append(f'<text x="{left - 6}" y="{y + 12}" text-anchor="end">{_esc(names[j])}</text>'
-                     f'<rect x="{left}" y="{y + 2}" width="{mean[j] * scale:.1f}" height="14" fill="#2ca02c"/>'
-                     f'<text x="{left + mean[j] * scale + 4:.1f}" y="{y + 13}">{mean[j]:.1%}</text>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-            f'font-family="sans-serif" font-size="11">{"".join(parts)}</svg>')
+    order = np.argsort(mean)  # largest at the top
+    fig, ax = figure(6.4, 0.6 + 0.22 * len(names))
+    bars = ax.barh([names[j] for j in order], mean[order], color="#2ca02c")
+    ax.bar_label(bars, labels=[f"{mean[j]:.1%}" for j in order], padding=3, fontsize=8)
+    ax.set(title="Feature importance (share of total gain, mean over folds)", xlim=(0, mean.max() * 1.2 or 1))
+    ax.grid(axis="y", visible=False)
+    return to_svg(fig)
 
 
 def _metrics_table(outcomes, reference: dict | None) -> str:

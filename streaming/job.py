@@ -415,9 +415,18 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
 def run(argv: list[str] | None = None) -> int:
     """Run the streaming job: locally until it is cancelled (Ctrl-C / SIGTERM); on a remote runner
     (Dataflow, a Flex Template launch) return once the job is submitted."""
+    # Without a handler only warnings reached stderr (the demo's stream-job.log stayed empty):
+    # timestamped INFO lines from our own modules, Beam's own at WARNING.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     pipeline, config = build(argv)
+    log = logging.getLogger("streaming.job")
+    log.info("starting: reading %s%s; %s; dead letters to %s", config.transactions_subscription,
+             f" and {config.labels_subscription}" if config.labels_subscription else "",
+             f"scoring via {config.predictor} to {config.scores_topic}" if config.predictor
+             else f"features to {config.features_topic}", config.dead_letter_topic)
     result = pipeline.run()
+    log.info("running on %s", type(result).__name__)
     if not is_local(pipeline.options):
         job_id = getattr(result, "job_id", None)
         print(f"streamscore stream: submitted to {pipeline.options.view_as(StandardOptions).runner}"
@@ -426,7 +435,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result.wait_until_finish()
     except KeyboardInterrupt:
+        log.info("cancelled, stopping")
         result.cancel()
+    log.info("stopped")
     return 0
 
 

@@ -11,11 +11,16 @@
    precision of the production (XGBoost) and online (River) scores — the online model's over
    the transactions that were scored while the predictor served one (its first snapshot
    comes after the first labels), with XGBoost's over the same transactions next to it;
+   Before the measured traffic it waits until the job scores a warm-up transaction (a card
+   and terminal of their own, not counted), so the job's start-up is not measured;
    The predictor and the job share an online feature store (a redis-server on a free port);
    at the end a sample of the stream-scored transactions is scored again over gRPC from the
    raw transaction only (``raw_transaction_check`` in the summary: how many agree, latency);
-5. prints a summary (``--summary PATH`` also writes it as JSON) and stops every process it
-   started — also on Ctrl-C or SIGTERM. Exits non-zero if any event is unaccounted for.
+5. stops every process it started — also on Ctrl-C or SIGTERM — and prints a short summary
+   for people (verdict, counts, latency, AP; :func:`build_summary` makes it a dict of sections,
+   ``--summary PATH`` writes that as JSON). Every component's log stays in ``--workdir`` (by
+   default a new temporary folder), printed at the start and in the summary. Exits non-zero if
+   any event is unaccounted for.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +92,7 @@ class Progress:
     cards: dict = field(default_factory=dict, repr=False)  # transaction id -> CUSTOMER_ID, for card precision
     served: ServedFigures = field(default_factory=ServedFigures, repr=False)  # AP and CP@100 as served, per day
     online_starts: list = field(default_factory=list, repr=False)  # the learner's online_start events
+    warmup: dict = field(default_factory=dict, repr=False)  # warm-up transaction id -> time scored (or None)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -116,18 +123,32 @@ def _fmt(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _status_line(p: Progress, elapsed: float) -> str:
-    return (f"[{elapsed:6.1f}s] published {p.published_transactions:,} tx + {p.published_labels:,} labels"
-            f" + {p.malformed} bad | scored {p.scored:,} | dead {p.dead_lettered} | backlog"
-            f" {max(p.expected - p.done, 0):,} | e2e p50 {_fmt(p.percentile(50), ',.0f')} ms"
-            f" p99 {_fmt(p.percentile(99), ',.0f')} ms | alerts {p.alerts} | AP xgb {_fmt(p.ap('batch'), '.3f')}"
-            f" | online {_fmt(p.ap('online'), '.3f')} vs xgb {_fmt(p.ap('paired'), '.3f')} on {len(p.online_scores):,}"
-            f" tx ({p.online_snapshots} snapshots)")
+def _latency(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
+
+
+def _ap(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}".removeprefix("0")
+
+
+def _status_line(p: Progress, elapsed: float, width: int = 79) -> str:
+    """One progress line of at most ``width`` characters (an 80-column terminal does not wrap it):
+    transactions published | scored, dead-lettered, still awaited | e2e p50/p99 | AP XGBoost/online."""
+    line = (f"{elapsed:4.0f}s in {p.published_transactions:,}"
+            f" | out {p.scored:,} dead {p.dead_lettered} left {max(p.expected - p.done, 0):,}"
+            f" | e2e {_latency(p.percentile(50))}/{_latency(p.percentile(99))}"
+            f" | AP {_ap(p.ap('batch'))}/{_ap(p.ap('online'))}")
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 def _on_score(progress: Progress, body: dict, now: float) -> None:
     tid = body["transaction_id"]
     with progress.lock:
+        if tid in progress.warmup:
+            progress.warmup[tid] = now
+            return
         if tid in progress.seen:
             progress.duplicates += 1
             return
@@ -333,6 +354,97 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _round(value, digits: int):
+    return None if value is None or value != value else round(float(value), digits)  # NaN -> None
+
+
+def wait_until_consuming(publisher, topic: str, progress: Progress, alive, timeout: float,
+                         resend_every: float = 10.0) -> float:
+    """Publish warm-up transactions (a card and terminal of their own, not measured) until one is
+    scored: the streaming job is then reading, featurising and scoring. Returns the seconds waited."""
+    started = time.monotonic()
+    deadline, next_send, n = started + timeout, started, 0
+    while True:
+        with progress.lock:
+            if any(at is not None for at in progress.warmup.values()):
+                return time.monotonic() - started
+        now = time.monotonic()
+        if now >= deadline:
+            raise RuntimeError(f"the streaming job scored no warm-up transaction within {timeout:g} s")
+        problem = alive()
+        if problem:
+            raise RuntimeError(problem)
+        if now >= next_send:
+            n += 1
+            tid, at = f"warmup-{n}", f"2018-01-01T00:00:{n % 60:02d}Z"
+            with progress.lock:
+                progress.warmup[tid] = None
+            body = {"transaction_id": tid, "event_time": at, "customer_id": "warmup-card",
+                    "terminal_id": "warmup-terminal", "amount": 1.0}
+            publisher.publish(topic, orjson.dumps(body), schema=SCHEMA_TRANSACTION, event_time=at).result()
+            next_send = now + resend_every
+        waited = now - started
+        if sys.stdout.isatty():
+            print(f"\r{PROG}: waiting for the job to score a warm-up transaction ... {waited:3.0f}s", end="", flush=True)
+        time.sleep(0.25)
+
+
+def build_summary(status: str, elapsed: float, version: str | None, progress: Progress, ready_s: float | None,
+                  logs: dict[str, str]) -> dict:
+    """The run's summary as a dict of sections (other sections can be added by key)."""
+    p = progress
+    unaccounted = max(p.expected - p.done, 0)
+    return {
+        "run": {"status": status, "verdict": "ok" if status == "completed" and unaccounted == 0 else "failed",
+                "elapsed_s": round(elapsed, 1), "ready_after_s": _round(ready_s, 1), "production_model": version},
+        "traffic": {"published_transactions": p.published_transactions, "published_labels": p.published_labels,
+                    "malformed_injected": p.malformed, "scored": p.scored, "dead_lettered": p.dead_lettered,
+                    "duplicates_seen": p.duplicates, "unaccounted": unaccounted, "alerts": p.alerts},
+        "latency_ms": {"e2e_p50": _round(p.percentile(50), 0), "e2e_p99": _round(p.percentile(99), 0)},
+        "average_precision": {"xgboost": _round(p.ap("batch"), 3), "online": _round(p.ap("online"), 3),
+                              "xgboost_where_online": _round(p.ap("paired"), 3),
+                              "online_prequential": _round(p.online_prequential_ap, 3)},
+        "online": {"scored_with_online": len(p.online_scores), "snapshots": p.online_snapshots,
+                   "last_version": p.online_version, "versions_served": len(p.online_served_versions),
+                   "drift_events": p.drifts},
+        "logs": logs,
+    }
+
+
+def render_summary(summary: dict, width: int = 79) -> str:
+    """The summary for people: a verdict line, then one line per section (each fits ``width``)."""
+    run, traffic = summary["run"], summary["traffic"]
+    lines = [f"{PROG}: {'OK' if run['verdict'] == 'ok' else 'FAILED'}"
+             f" ({run['status']}) in {run['elapsed_s']:g} s"]
+    if "traffic" in summary:
+        lines.append(f"  {traffic['published_transactions']:,} transactions + {traffic['malformed_injected']}"
+                     f" malformed -> {traffic['scored']:,} scored, {traffic['dead_lettered']} dead-lettered")
+        lines.append(f"  {traffic['unaccounted']:,} unaccounted, {traffic['duplicates_seen']:,} duplicates,"
+                     f" {traffic['alerts']:,} alerts, {traffic['published_labels']:,} labels published")
+    for name, section in summary.items():
+        if name in ("run", "traffic") or not isinstance(section, dict):
+            continue
+        if name == "logs":
+            lines.append("  logs:")
+            lines.extend(f"    {path}" for path in section.values())
+            continue
+        items = [f"{key} {_human(value)}" for key, value in section.items() if value is not None]
+        line = f"  {name}:"
+        for item in items:  # wrap at width
+            if len(line) + len(item) + 2 > width:
+                lines.append(line.rstrip(","))
+                line = "    "
+            line += f" {item},"
+        lines.append(line.rstrip(","))
+    return "\n".join(lines)
+
+
+def _human(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script with cleanup
     args = build_parser().parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamscore-up-"))
@@ -341,10 +453,20 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
     predictor = job = monitor = None
     emulator = PubSubEmulator(data_dir=workdir / "emulator")
     store, raw_check = RedisServer(), None
+    logs = {"emulator": str(workdir / "emulator" / "emulator.log"), "predictor": str(workdir / "predictor.log"),
+            "streaming job": str(workdir / "stream-job.log")}
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    status, version = "completed", None
+    status, version, ready_s = "completed", None, None
+
+    def dead_process() -> str | None:
+        for name, proc in (("streaming job", job), ("predictor", predictor)):
+            if proc is not None and proc.poll() is not None:
+                return f"the {name} exited with code {proc.returncode}; see {logs[name]}"
+        return None
+
     try:
+        print(f"{PROG}: logs of every component go to {workdir}", flush=True)
         print(f"{PROG}: starting the Pub/Sub emulator ...", flush=True)
         emulator.start()
         emulator.ensure(TOPICS, SUBSCRIPTIONS)
@@ -352,26 +474,31 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         version = ensure_production_model(args.registry, args)
         store.start()
         port = _free_port()
+        print(f"{PROG}: starting the predictor; waiting until its health check says SERVING ...", flush=True)
         predictor = _spawn(["serve", "--registry", str(args.registry), "--host", "127.0.0.1", "--port", str(port),
                             "--metrics-port", "0", "--poll-interval", "1", "--online-store", store.url, *serve_trust],
-                           workdir / "predictor.log")
+                           Path(logs["predictor"]))
         _wait_serving(port, predictor)
         print(f"{PROG}: predictor serving {version} on 127.0.0.1:{port}", flush=True)
         job = _spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
                       "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
                       "--snapshot-every-labels", str(args.snapshot_every_labels), "--online-store", store.url,
-                      *job_trust],
-                     workdir / "stream-job.log")
+                      *job_trust], Path(logs["streaming job"]))
+        monitor = threading.Thread(target=_monitor, args=(emulator, progress, stop), daemon=True)
+        monitor.start()
+        publisher = make_publisher(emulator.host_port, ordering=True)
+        topics = TopicPaths(emulator.topic_path("transactions"), emulator.topic_path("labels"))
+        print(f"{PROG}: streaming job (pid {job.pid}) starting; waiting until it scores a warm-up"
+              f" transaction ...", flush=True)
+        ready_s = wait_until_consuming(publisher, topics.transactions, progress, dead_process,
+                                       timeout=max(args.timeout - (time.monotonic() - started), 1.0))
+        print(f"\r{PROG}: the job is consuming (warm-up scored after {ready_s:.1f} s); measured traffic"
+              f" starts now", flush=True)
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
         progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
         progress.cards = dict(zip(df["TRANSACTION_ID"].astype(str), df["CUSTOMER_ID"].astype(int)))
-        print(f"{PROG}: emulator at {emulator.host_port}; streaming job pid {job.pid}; replaying {len(df):,} "
-              f"transactions ({int(df['TX_FRAUD'].sum())} frauds) over {args.days} days; logs in {workdir}", flush=True)
-        monitor = threading.Thread(target=_monitor, args=(emulator, progress, stop), daemon=True)
-        monitor.start()
-
-        publisher = make_publisher(emulator.host_port, ordering=True)
-        topics = TopicPaths(emulator.topic_path("transactions"), emulator.topic_path("labels"))
+        print(f"{PROG}: publishing {len(df):,} transactions ({int(df['TX_FRAUD'].sum())} frauds) of {args.days}"
+              f" days + labels at {args.rate:g} msg/s, and {len(MALFORMED)} malformed messages", flush=True)
         for raw in MALFORMED:
             publisher.publish(topics.transactions, raw, schema=SCHEMA_TRANSACTION).result()
             progress.malformed += 1
@@ -388,24 +515,26 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
             df, publisher, topics, rate=args.rate, label_delay=LabelDelay(), order_by_customer=True,
             on_publish=on_publish), daemon=True)
         publisher_thread.start()
+        print(f"{PROG}: progress: in = transactions published, out = scored, dead = dead-lettered,"
+              f"\n  left = still awaited, e2e = publish -> score p50/p99, AP = XGBoost/online", flush=True)
         deadline, tty, last_line = started + args.timeout, sys.stdout.isatty(), 0.0
+        width = min(shutil.get_terminal_size((80, 24)).columns, 80) - 1
         while time.monotonic() < deadline:
-            for name, proc in (("streaming job", job), ("predictor", predictor)):
-                if proc.poll() is not None:
-                    status = f"the {name} exited with code {proc.returncode}; see its log in {workdir}"
-            if status != "completed":
+            problem = dead_process()
+            if problem:
+                status = problem
                 break
             if tty:  # one live line on a terminal; a line every 5 s in a log
-                print("\r" + _status_line(progress, time.monotonic() - started), end="", flush=True)
+                print("\r" + _status_line(progress, time.monotonic() - started, width), end="", flush=True)
             elif time.monotonic() - last_line >= 5:
-                print(_status_line(progress, time.monotonic() - started), flush=True)
+                print(_status_line(progress, time.monotonic() - started, width), flush=True)
                 last_line = time.monotonic()
             if not publisher_thread.is_alive() and progress.done >= progress.expected:
                 break
             time.sleep(0.5)
         else:
             status = f"timed out after {args.timeout:g} s"
-        print("\r" + _status_line(progress, time.monotonic() - started), flush=True)
+        print("\r" + _status_line(progress, time.monotonic() - started, width), flush=True)
         raw_check = _raw_check(f"127.0.0.1:{port}", df, progress)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -413,6 +542,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
     except Exception as exc:  # report, then still stop everything below
         status = f"failed: {type(exc).__name__}: {exc}"
     finally:
+        print(f"{PROG}: stopping the streaming job, the predictor and the emulator ...", flush=True)
         stop.set()
         if monitor is not None:
             monitor.join(5)
@@ -422,36 +552,15 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         emulator.stop()
         signal.signal(signal.SIGTERM, previous)
 
-    summary = {
-        "status": status,
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "production_model": version,
-        "published_transactions": progress.published_transactions,
-        "published_labels": progress.published_labels,
-        "malformed_injected": progress.malformed,
-        "scored": progress.scored,
-        "dead_lettered": progress.dead_lettered,
-        "duplicates_seen": progress.duplicates,
-        "unaccounted": max(progress.expected - progress.done, 0),
-        "alerts": progress.alerts,
-        "e2e_latency_ms": {"p50": progress.percentile(50), "p99": progress.percentile(99)},
-        "average_precision": {"xgboost": progress.ap("batch"), "online": progress.ap("online"),
-                              "xgboost_where_online": progress.ap("paired"),
-                              "online_prequential": progress.online_prequential_ap},
-        "online_scored": len(progress.online_scores),
-        "online_snapshots": progress.online_snapshots,
-        "online_model_version": progress.online_version,
-        "online_versions_served": len(progress.online_served_versions),
-        "drift_events": progress.drifts,
-        "online_as_served": served_summary(progress),
-        "raw_transaction_check": raw_check,
-        "logs": str(workdir),
-    }
-    print(json.dumps(summary, indent=2))
+    summary = build_summary(status, time.monotonic() - started, version, progress, ready_s, logs)
+    summary["online_as_served"] = served_summary(progress)
+    summary["raw_transaction_check"] = raw_check
+    print(render_summary(summary))
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
-    return 0 if status == "completed" and summary["unaccounted"] == 0 else 1
+        print(f"{PROG}: summary written to {args.summary}")
+    return 0 if summary["run"]["verdict"] == "ok" else 1
 
 
 if __name__ == "__main__":

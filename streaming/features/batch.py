@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -494,10 +495,14 @@ def _check_input(path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI wrapper: input problems become a one-line ``error:`` message and exit status 1."""
+    started = time.monotonic()
     try:
-        run(argv)
+        path = run(argv)
     except DatasetError as exc:
         raise SystemExit(f"streamscore featurize: error: {exc}") from None
+    meta = pq.read_metadata(path)
+    print(f"wrote {meta.num_rows:,} rows x {meta.num_columns} columns to {path}"
+          f" in {time.monotonic() - started:.1f} s")
     return 0
 
 

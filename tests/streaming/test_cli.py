@@ -15,8 +15,17 @@ def test_help_lists_every_command(capsys):
         cli.main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for name in cli.COMMANDS:
-        assert f"{name}:" in out
+    lines = out.splitlines()
+    for name, (_, text) in cli.COMMANDS.items():  # one command per line, with its description
+        assert any(line.split()[:1] == [name] and line.strip().endswith(text) for line in lines), name
+
+
+def test_small_simulation_explains_its_fraud_rate(tmp_path, capsys):
+    assert cli.main(["simulate", "--customers", "30", "--terminals", "60", "--days", "5",
+                     "--out", str(tmp_path / "tx.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wrote ") and str(tmp_path / "tx.parquet") in out
+    assert "compromises 2 terminals and 3 cards every day" in out
 
 
 def test_unknown_command_is_rejected(capsys):

@@ -243,3 +243,10 @@ def test_bad_flags_exit_with_usage(tmp_path, transactions_file, flags, capsys):
         run(["--input", str(transactions_file), "--out", str(tmp_path / "f.parquet"), *flags])
     assert info.value.code == 2
     assert "streamscore featurize: error:" in capsys.readouterr().err
+
+
+def test_featurize_command_says_what_it_wrote(tmp_path, transactions_file, transactions, capsys):
+    out = tmp_path / "f.parquet"
+    assert batch.main(["--input", str(transactions_file), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote {len(transactions):,} rows x ") and str(out) in said and " s\n" in said
