@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,8 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 #: ``streamscore stream`` flags that mean nothing on Dataflow (the emulator and the local runner's tuning);
 #: with :data:`LAUNCHER_FLAGS` they are the only flags the Flex Template's metadata.json leaves out.
-LOCAL_ONLY_FLAGS = frozenset({"--emulator-host", "--local-pull-size", "--local-pull-deadline", "--no-local-tuning"})
+LOCAL_ONLY_FLAGS = frozenset({"--emulator-host", "--local-pull-size", "--local-pull-deadline", "--no-local-tuning",
+                              "--allow-unsigned"})  # unsigned registries: local development only, never offered
 #: Flags the Flex Template launcher passes itself: ``--project`` is the job's project (Pub/Sub's too).
 LAUNCHER_FLAGS = frozenset({"--project"})
 
@@ -115,8 +118,16 @@ def dry_run(argv: list[str]) -> DryRun:
 
     from streaming.job import build
 
-    pipeline, _ = build([*argv, "--dry_run=True", "--no_auth"])
-    job = pipeline.run().job
+    with tempfile.TemporaryDirectory() as tmp:
+        if any(a.startswith("--registry") for a in argv) and not any(a.startswith("--signing-key-file") for a in argv):
+            # The deployed learner signs its snapshots: build with a throw-away ring (only its path is in the graph).
+            from models.signing import generate
+
+            ring = Path(tmp) / "signing-key.json"
+            generate("dry-run").save(ring)
+            argv = [*argv, f"--signing-key-file={ring}"]
+        pipeline, _ = build([*argv, "--dry_run=True", "--no_auth"])
+        job = pipeline.run().job
     job.proto.environment = apiclient.Environment(
         packages=[], options=job.options, environment_version=apiclient._FNAPI_ENVIRONMENT_MAJOR_VERSION,
         proto_pipeline_staged_url=f"{job.google_cloud_options.staging_location}/pipeline.pb",

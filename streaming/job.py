@@ -240,11 +240,9 @@ class StreamingJob(beam.PTransform):
                 monitoring.append(learned[MEMBERS] | CombineMembersFn.__name__ >> beam.ParDo(CombineMembersFn(
                     config.registry, self.spec, config.learner_shards, config.online_learner,
                     signing_key_file=config.signing_key_file)))
-            (
-                monitoring
-                | "MergeMonitoring" >> beam.Flatten()
-                | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
-            )
+            # One input (no shards): no Flatten, which would only cost the local runner a stage.
+            merged = monitoring[0] if len(monitoring) == 1 else monitoring | "MergeMonitoring" >> beam.Flatten()
+            merged | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
             dead.append(learned[DEAD_LETTER])
         return (
             dead
@@ -286,9 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "publishes features instead of scores")
     scoring.add_argument("--predictor-deadline", type=float, default=10.0, help="seconds per scoring call (default 10)")
     scoring.add_argument("--predictor-tls-ca", default=None,
-                         help="PEM root certificates: speak TLS to the predictor (its `serve --tls-cert` chain's root)")
+                         help="PEM root certificates: speak TLS to the predictor (the root of the chain the predictor serves)")
     scoring.add_argument("--predictor-token-file", default=None,
-                         help="file holding the predictor's bearer token (`serve --auth-token-file`); in production "
+                         help="file holding the predictor's bearer token (the one the predictor was given); in production "
                               "a mounted secret. Read on the workers, again after each refusal")
     scoring.add_argument("--scores-topic", default="scores")
     scoring.add_argument("--alerts-topic", default="alerts")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
 KUBERNETES_VERSION = "1.32.0"  # the cluster version the manifests target (kubectl 1.32 renders them)
 OVERLAYS = ("dev", "prod", "prod-tls")
-DOCUMENTED_SECRETS = {"predictor-auth", "predictor-tls"}
+DOCUMENTED_SECRETS = {"predictor-auth", "predictor-tls", "registry-verify-keys"}
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
 
@@ -89,7 +89,7 @@ def test_args_probes_ports_and_secrets_agree(rendered, serve_flags, overlay):
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert set(secrets.values()) <= DOCUMENTED_SECRETS
-    for flag in ("--auth-token-file", "--tls-cert", "--tls-key"):
+    for flag in ("--auth-token-file", "--tls-cert", "--tls-key", "--signing-key-file"):
         if flag in values:
             mount = next(path for path in mounts if values[flag].startswith(path + "/"))
             assert mounts[mount] in secrets
