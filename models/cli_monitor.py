@@ -34,12 +34,19 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-days", type=int, default=7, help="sliding window of the live AP / CP@100 (default 7)")
     parser.add_argument("--psi-warn", type=float, default=0.1, help="PSI above this is a moderate shift (default 0.1)")
     parser.add_argument("--psi-alarm", type=float, default=0.25, help="PSI above this is an alarm (default 0.25)")
+    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
+
+    add_trust_arguments(parser, signs=False)  # the model is verified before it is read
     args = parser.parse_args(argv)
+    try:
+        keys = keys_from_args(args, signs=False)
+    except KeyFileError as exc:
+        parser.error(str(exc))
     if args.window_days < 1 or args.quality_days < 1:
         parser.error("--window-days and --quality-days must be >= 1")
     thresholds = Thresholds(args.psi_warn, args.psi_alarm)
 
-    registry = Registry.open(args.registry)
+    registry = Registry.open(args.registry, keys=keys)
     spec = feature_table_spec(args.features)
     model = registry.load(args.model, expected_spec_hash=spec.spec_hash)
     reference = load_reference(registry, model.version)

@@ -163,7 +163,14 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-resamples", type=int, default=500, help="card-day bootstrap resamples (default 500)")
     parser.add_argument("--no-promote", dest="promote", action="store_false", help="register and gate, never promote")
     parser.add_argument("--reason", default="scheduled", help="why this retrain runs, for the audit log (default scheduled)")
+    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
+
+    add_trust_arguments(parser, signs=True)  # the challenger is signed; the champion verified before it is read
     args = parser.parse_args(argv)
+    try:
+        keys = keys_from_args(args, signs=True)  # before training: a missing key must not cost a training run
+    except KeyFileError as exc:
+        parser.error(str(exc))
     for name in ("train_days", "eval_days"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -176,7 +183,8 @@ def run(argv: list[str] | None = None) -> int:
                            promote=args.promote, reason=args.reason)
     spec = feature_table_spec(args.features, args.spec)
     table = read_feature_table(args.features, spec.names, spec.spec_hash)
-    summary = retrain(table, spec.names, spec.spec_hash, Registry.open(args.registry), config, str(args.features))
+    summary = retrain(table, spec.names, spec.spec_hash, Registry.open(args.registry, keys=keys), config,
+                      str(args.features))
     print(json.dumps(summary, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
     return 0
 

@@ -40,3 +40,14 @@ def synthetic_feature_table(start="2018-06-01", days=42, per_day=400, drift_day=
 @pytest.fixture(scope="session")
 def make_feature_table():
     return synthetic_feature_table
+
+
+@pytest.fixture
+def signing_key_env(tmp_path, monkeypatch):
+    """A fresh Ed25519 key ring in $STREAMSCORE_SIGNING_KEY_FILE: commands sign and verify as deployed."""
+    from models.signing import KEY_FILE_ENV, generate
+
+    path = tmp_path / "signing-key.json"
+    generate("test-key").save(path)
+    monkeypatch.setenv(KEY_FILE_ENV, str(path))
+    return path

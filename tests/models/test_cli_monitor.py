@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from streaming import cli
+
+pytestmark = pytest.mark.usefixtures("signing_key_env")  # train and retrain sign, monitor verifies
 
 SHIFT_DAY = "2018-06-26"  # a window start (windows of 2 days from 06-08)
 

@@ -11,6 +11,8 @@ from models.monitoring import load_reference
 from models.registry import Registry
 from streaming import cli
 
+pytestmark = pytest.mark.usefixtures("signing_key_env")  # train and retrain sign, monitor verifies
+
 DRIFT_DAY = 21  # 2018-06-22: fraud depends on other features from that day on
 
 
