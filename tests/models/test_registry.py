@@ -336,7 +336,7 @@ def test_audit_events_are_append_only_checked_and_filterable(tmp_path, capsys):
     with pytest.raises(IntegrityError, match="does not match the digest"):
         registry.events()
     path.unlink()
-    assert registry_mod.run(["--registry", str(tmp_path / "reg"), "events", "--version", v1]) == 0
+    assert registry_mod.run(["--registry", str(tmp_path / "reg"), "--allow-unsigned", "events", "--version", v1]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["gate"]
 

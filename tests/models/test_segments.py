@@ -49,6 +49,7 @@ def test_segment_report_counts_precision_alert_rate_and_recall():
         segment_report(_frame(), np.zeros(2))
 
 
+@pytest.mark.usefixtures("signing_key_env")  # train signs, evaluate verifies
 def test_evaluate_reports_segments(make_feature_table, tmp_path, capsys):
     table = make_feature_table(start="2018-07-01", days=35, per_day=300, seed=2)
     features = tmp_path / "features.parquet"

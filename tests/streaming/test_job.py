@@ -74,7 +74,8 @@ def test_sharded_learners_build_a_combine_step_for_dataflow():
     pipeline, config = build([
         "--runner=DataflowRunner", "--project=streamscore-demo", "--region=europe-west1",
         "--temp_location=gs://streamscore-test/tmp", "--dry_run=True", "--no_auth", "--sdk_location=container",
-        "--predictor=localhost:1", "--registry=gs://streamscore-test/registry", "--learner-shards=4",
+        "--job_name=streamscore-test", "--sdk_container_image=europe-west1-docker.pkg.dev/p/streamscore/worker:test",
+        "--allow-unsigned", "--predictor=localhost:1", "--registry=gs://streamscore-test/registry", "--learner-shards=4",
         "--online-learner=arf-rus", "--online-min-class-labels=25"])
     assert (config.learner_shards, config.online_learner, config.online_min_class_labels) == (4, "arf-rus", 25)
     names = " ".join(t.unique_name for t in pipeline.run().job.proto_pipeline.components.transforms.values())

@@ -27,7 +27,7 @@ def test_warmup_scores_are_not_measured():
     up._on_score(p, {"transaction_id": "warmup-1", "score": 0.2}, now=5.0)
     assert p.warmup["warmup-1"] == 5.0 and p.scored == 0 and not p.latencies_ms
     p.truth, p.sent_at = {"t1": 1}, {"t1": 4.0}
-    up._on_score(p, {"transaction_id": "t1", "score": 0.7}, now=5.0)
+    up._on_score(p, {"transaction_id": "t1", "event_time": "2018-04-01T00:00:00Z", "score": 0.7}, now=5.0)
     assert p.scored == 1 and p.latencies_ms == [1000.0] and p.batch_scores == [(0.7, 1)]
 
 
