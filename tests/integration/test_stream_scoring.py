@@ -148,7 +148,8 @@ def stack(pubsub_emulator, tmp_path, history):
 
     _, _, booster = history
     trainer, learner = generate("trainer-1"), generate("learner-1")
-    learner.save(tmp_path / "learner-key.json")
+    # The job signs with its own key and verifies the trainer's versions (its warm start reads production's).
+    KeyRing((*learner.keys, *trainer.public().keys), "learner-1").save(tmp_path / "learner-key.json")
     (tmp_path / "verify.json").write_bytes(KeyRing((*trainer.public().keys, *learner.public().keys)).to_json())
     cert, key = self_signed(tmp_path)
     TLS.update(ca=cert, token=uuid.uuid4().hex)
