@@ -81,7 +81,7 @@ class Progress:
     online_version: str | None = None
     online_prequential_ap: float | None = None  # the learner's own (predict, then learn) AP at its last snapshot
     online_served_versions: set = field(default_factory=set, repr=False)  # carried by scores
-    sampled: dict = field(default_factory=dict, repr=False)  # a sample of score bodies, for the raw check
+    sampled: dict = field(default_factory=dict, repr=False)  # score bodies (up to 20,000), for the raw check
     drifts: int = 0
     sent_at: dict = field(default_factory=dict, repr=False)
     latencies_ms: list = field(default_factory=list, repr=False)
@@ -154,7 +154,7 @@ def _on_score(progress: Progress, body: dict, now: float) -> None:
             return
         progress.seen.add(tid)
         progress.scored += 1
-        if progress.scored % 25 == 0 and len(progress.sampled) < 200:
+        if len(progress.sampled) < 20_000:
             progress.sampled[tid] = body
         sent = progress.sent_at.pop(tid, None)
         if sent is not None:
@@ -327,7 +327,12 @@ def _raw_check(target: str, df, progress: Progress) -> dict:
 
     with progress.lock:
         sampled = dict(progress.sampled)
-    rows = df[df["TRANSACTION_ID"].astype(str).isin(sampled)]
+    # The store keeps each key's latest state, so the check takes each card's last transaction whose
+    # terminal saw nothing later either: its raw score must equal the stream's (up to 200 of them).
+    ordered = df.sort_values("TX_DATETIME", kind="stable")
+    last = ordered.drop_duplicates("CUSTOMER_ID", keep="last")
+    last = last[last["TRANSACTION_ID"].isin(ordered.drop_duplicates("TERMINAL_ID", keep="last")["TRANSACTION_ID"])]
+    rows = last[last["TRANSACTION_ID"].astype(str).isin(sampled)].head(200)
     try:
         return raw_transaction_check(target, list(iter_transactions(rows)), sampled)
     except Exception as exc:  # noqa: BLE001 - the check reports, it never costs the demo its summary
@@ -428,7 +433,10 @@ def render_summary(summary: dict, width: int = 79) -> str:
             lines.append("  logs:")
             lines.extend(f"    {path}" for path in section.values())
             continue
-        items = [f"{key} {_human(value)}" for key, value in section.items() if value is not None]
+        items = [f"{key} {_human(value)}" for key, value in section.items()
+                 if value is not None and not (isinstance(value, (dict, list)) and len(str(value)) > 60)]
+        if len(items) < sum(value is not None for value in section.values()):
+            items.append("(more in the JSON summary)")  # nested tables (e.g. per day) do not fit a terminal
         line = f"  {name}:"
         for item in items:  # wrap at width
             if len(line) + len(item) + 2 > width:
