@@ -34,14 +34,11 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-days", type=int, default=7, help="sliding window of the live AP / CP@100 (default 7)")
     parser.add_argument("--psi-warn", type=float, default=0.1, help="PSI above this is a moderate shift (default 0.1)")
     parser.add_argument("--psi-alarm", type=float, default=0.25, help="PSI above this is an alarm (default 0.25)")
-    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
+    from models.signing import add_trust_arguments, keys_or_exit
 
     add_trust_arguments(parser, signs=False)  # the model is verified before it is read
     args = parser.parse_args(argv)
-    try:
-        keys = keys_from_args(args, signs=False)
-    except KeyFileError as exc:
-        parser.error(str(exc))
+    keys = keys_or_exit(parser, args, signs=False)
     if args.window_days < 1 or args.quality_days < 1:
         parser.error("--window-days and --quality-days must be >= 1")
     thresholds = Thresholds(args.psi_warn, args.psi_alarm)

@@ -163,14 +163,11 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-resamples", type=int, default=500, help="card-day bootstrap resamples (default 500)")
     parser.add_argument("--no-promote", dest="promote", action="store_false", help="register and gate, never promote")
     parser.add_argument("--reason", default="scheduled", help="why this retrain runs, for the audit log (default scheduled)")
-    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
+    from models.signing import add_trust_arguments, keys_or_exit
 
     add_trust_arguments(parser, signs=True)  # the challenger is signed; the champion verified before it is read
     args = parser.parse_args(argv)
-    try:
-        keys = keys_from_args(args, signs=True)  # before training: a missing key must not cost a training run
-    except KeyFileError as exc:
-        parser.error(str(exc))
+    keys = keys_or_exit(parser, args, signs=True)  # before training: a missing key must not cost a training run
     for name in ("train_days", "eval_days"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -270,6 +270,14 @@ def add_trust_arguments(parser, *, signs: bool) -> None:
                              "whoever can write the registry can then run code in this process")
 
 
+def keys_or_exit(parser, args, *, signs: bool) -> KeyRing | None:
+    """:func:`keys_from_args` for a command line: a bad or missing key ring ends it with ``parser.error``."""
+    try:
+        return keys_from_args(args, signs=signs)
+    except KeyFileError as exc:
+        parser.error(str(exc))
+
+
 def keys_from_args(args, *, signs: bool, env=os.environ) -> KeyRing | None:
     """The key ring the flags name, ``None`` with ``--allow-unsigned``; refuses to guess when neither is given."""
     path = args.signing_key_file or env.get(KEY_FILE_ENV) or None

@@ -448,7 +448,7 @@ def run(argv: list[str] | None = None) -> int:
     """``streamscore train``: choose parameters on validation folds, train, test, register."""
     from models import registry as registry_mod
     from models.report import write_report
-    from models.signing import KeyFileError, add_trust_arguments, keys_from_args
+    from models.signing import add_trust_arguments, keys_or_exit
 
     parser = argparse.ArgumentParser(prog="streamscore train", description=run.__doc__)
     parser.add_argument("--features", required=True, help="feature table (.parquet) from `streamscore featurize`")
@@ -466,10 +466,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.valid_folds < 0:
         parser.error(f"--valid-folds must be >= 0, got {args.valid_folds}")
-    try:
-        keys = keys_from_args(args, signs=True)  # before training: a missing key must not cost a training run
-    except KeyFileError as exc:
-        parser.error(str(exc))
+    keys = keys_or_exit(parser, args, signs=True)  # before training: a missing key must not cost a training run
 
     spec = feature_table_spec(args.features, args.spec)
     table = read_feature_table(args.features, spec.names, spec.spec_hash)
