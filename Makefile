@@ -39,7 +39,7 @@ protos: $(STAMP)
 # Deployment (deploy/README.md). The pinned Dataflow transform names (update compatibility):
 # regenerate only on purpose, after renaming a transform.
 dataflow-steps: $(STAMP)
-	PYTHONPATH=. $(PY) -m streaming.dataflow steps > tests/deploy/expected_dataflow_steps.json
+	PYTHONPATH=. $(PY) -m streaming.job.dataflow steps > tests/deploy/expected_dataflow_steps.json
 
 # Flex Template build and launch (needs gcloud and PROJECT=...; see deploy/dataflow/launch.sh).
 dataflow-template:

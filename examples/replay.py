@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from loadtest.replay import run as replay
-from streaming.datasets import write_table
-from streaming.simulator import simulate
+from streaming.io.datasets import write_table
+from streaming.sim.simulator import simulate
 
 
 def main(argv: list[str] | None = None) -> int:

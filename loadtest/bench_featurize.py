@@ -114,7 +114,7 @@ def _run_variant(variant: str, src: Path, out: Path) -> float:
         return time.perf_counter() - t0
     import pandas as pd
 
-    from streaming.datasets import read_table
+    from streaming.io.datasets import read_table
     from streaming.features.batch import featurize_frame
 
     t0 = time.perf_counter()
@@ -155,7 +155,7 @@ def _differing_rows(out: Path, reference: Path) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streaming.datasets import reference_dir
+    from streaming.io.datasets import reference_dir
 
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_featurize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (default %(default)s)")

@@ -2,7 +2,7 @@
 
 ``python -m loadtest.bench_online`` learns ``--labels`` examples (the reference feature rows when
 ``../shared/data/fraud-handbook`` is there, else seeded synthetic rows with 1 % fraud) with each
-learner, exactly as :class:`streaming.learning.LearnerFn` does (``OnlineLearner.learn_one``:
+learner, exactly as :class:`streaming.job.learning.LearnerFn` does (``OnlineLearner.learn_one``:
 predict, then learn). For N shards the examples are split by :func:`models.online_shards.shard_of`
 and N processes learn their shares at once (on Dataflow: N keys on N worker threads); the
 figure is all labels over the wall time of the slowest shard, plus one :func:`combine` of
@@ -28,7 +28,7 @@ from streaming.features.spec import DEFAULT_SPEC
 
 
 def examples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from streaming.datasets import reference_dir
+    from streaming.io.datasets import reference_dir
 
     path = reference_dir() / "features_2018-04_to_2018-08.parquet"
     if path.exists():

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.bench_predictor import _train, loadavg, our_server
-from streaming.datasets import iter_transactions, read_table, reference_dir
-from streaming.events import to_proto
+from streaming.io.datasets import iter_transactions, read_table, reference_dir
+from streaming.io.events import to_proto
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC
 from streaming.features.transaction import time_ns
 from streaming.features.windows import CustomerState, TerminalState
@@ -50,7 +50,7 @@ def dataset(days: int):
         df = read_table(folder / "transactions.parquet")
         source = "reference"
     else:
-        from streaming.simulator import simulate
+        from streaming.sim.simulator import simulate
         df, source = simulate(customers=5000, terminals=10000, days=days + 1, seed=0), "simulated"
     start = df["TX_DATETIME"].min()
     cut = start + pd.Timedelta(days=days)

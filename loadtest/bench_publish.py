@@ -22,9 +22,9 @@ import uuid
 
 import pandas as pd
 
-from streaming.publish import TopicPaths, make_publisher, publish_dataset
-from streaming.pubsub_local import PubSubEmulator, pull_all
-from streaming.simulator import simulate
+from streaming.io.publish import TopicPaths, make_publisher, publish_dataset
+from streaming.io.pubsub_local import PubSubEmulator, pull_all
+from streaming.sim.simulator import simulate
 
 ROW = "{:>4} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}  {}"
 

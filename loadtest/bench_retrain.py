@@ -31,7 +31,7 @@ from models import gate
 from models.evaluation import Split, card_precision_at_k, event_days, normalise_feature_table, split_train_test
 from models.registry import Registry
 from models.retrain import RetrainConfig, retrain
-from streaming.datasets import reference_dir
+from streaming.io.datasets import reference_dir
 from streaming.features.spec import DEFAULT_SPEC
 
 FIRST_TEST = dt.date(2018, 8, 8)

@@ -2,7 +2,7 @@
 
     python -m loadtest.bench_simulator [--repeat 3] [--seed 0] [--fixed-seed]
 
-Times ``streaming.simulator.simulate`` at 5,000 customers, 10,000 terminals, 183 days,
+Times ``streaming.sim.simulator.simulate`` at 5,000 customers, 10,000 terminals, 183 days,
 r = 5 (seed, seed + 1, ... unless ``--fixed-seed``), then makes one extra traced run for
 the tracemalloc peak, and prints each run's totals as ratios to the reference run
 (1,754,155 transactions; 973 / 9,077 / 4,631 frauds in scenarios 1 / 2 / 3). Reports
@@ -21,7 +21,7 @@ import tracemalloc
 
 import numpy as np
 
-from streaming.simulator import simulate
+from streaming.sim.simulator import simulate
 
 REFERENCE = dict(customers=5_000, terminals=10_000, days=183, radius=5.0)
 REFERENCE_TX = 1_754_155

@@ -28,13 +28,13 @@ from collections.abc import Callable
 from apache_beam.coders import PickleCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from streaming.datasets import iter_transactions
-from streaming.events import SCHEMA_TRANSACTION, encode
+from streaming.io.datasets import iter_transactions
+from streaming.io.events import SCHEMA_TRANSACTION, encode
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, TerminalStateFn
-from streaming.job import ParsePubsubFn
-from streaming.scoring import Scored, score_message
-from streaming.simulator import simulate
+from streaming.job.pipeline import ParsePubsubFn
+from streaming.job.scoring import Scored, score_message
+from streaming.sim.simulator import simulate
 
 
 class CodedState:

@@ -12,7 +12,7 @@ repeats), with fresh topic and subscription names:
 2. the pipeline starts in its own process group on the local ``BundleBasedDirectRunner`` in
    streaming mode — ``bare``: :func:`run_bare` (``ReadFromPubSub(with_attributes=True) →
    WriteToPubSub(with_attributes=True)``, started as ``python -m loadtest.bench_stream bare-job``);
-   ``features``: the real job, ``python -m streaming.job`` (``--labels`` decides its labels
+   ``features``: the real job, ``python -m streaming.job.pipeline`` (``--labels`` decides its labels
    subscription: ``off`` passes ``--labels-subscription ''``; ``backlog`` pre-publishes every
    transaction's label too (2N input messages, N outputs); ``idle`` gives it an empty one);
 3. the outputs are pulled from a check subscription on the output topic until all N came (or
@@ -29,7 +29,7 @@ Variants (``--variants``, same method): ``bare`` and ``features`` as above, and 
 real job scoring every transaction over gRPC (``--predictor``: a ``streamscore serve --model-file``
 started once for the run, on an XGBoost model trained on a simulated history of the same
 population, so alerts are about as rare as frauds; its ``scores`` topic is the output). Every variant
-runs on the local runner as ``streamscore stream`` does, tuned by :mod:`streaming.local_runner`
+runs on the local runner as ``streamscore stream`` does, tuned by :mod:`streaming.runner.local`
 (100-message pulls that answer at once when empty); ``-pull<N>`` / ``-wait<S>`` change the tuning's pull size
 and deadline, ``-untuned`` runs Beam's runner as it ships (10-message pulls, 30 s deadline), e.g.
 ``features-untuned``, ``bare-pull10``. The ratio compares each variant with the bare run of the
@@ -64,7 +64,7 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "local-project"
 PROFILE_ENV = "BENCH_STREAM_PROFILE"
-PULL_SIZE = 100  # streaming.job's --local-pull-size default (Beam 2.77's own reader pulls 10)
+PULL_SIZE = 100  # streaming.job.pipeline's --local-pull-size default (Beam 2.77's own reader pulls 10)
 PULL_TIMEOUT = 30.0  # its --local-pull-deadline default (Beam's, with return_immediately)
 BASE_VARIANTS = ("bare", "features", "scoring")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
@@ -148,7 +148,7 @@ def variant_order(variants: Sequence[str], repeat: int) -> list[str]:
 class Variant:
     """``<base>[-pull<N>][-wait<S>][-untuned]``: a pipeline and the local-runner tuning it runs with.
 
-    Tuned (the default, as ``streamscore stream`` runs locally): :func:`streaming.local_runner.install`
+    Tuned (the default, as ``streamscore stream`` runs locally): :func:`streaming.runner.local.install`
     with ``pull_size`` / ``pull_timeout``; ``-untuned``: Beam's local runner as it ships.
     """
 
@@ -247,7 +247,7 @@ def _tuning_flags(parser: argparse.ArgumentParser) -> None:
 
 def _tune(args) -> None:
     if not args.untuned:
-        from streaming import local_runner
+        from streaming.runner import local as local_runner
 
         local_runner.install(args.pull_size, args.pull_timeout)
 
@@ -281,8 +281,8 @@ def run_bare(argv: list[str] | None = None) -> int:
 
 
 def run_job(argv: list[str] | None = None) -> int:
-    """The real job (``streaming.job.run``, tuned by its own flags), e.g. under the profiler."""
-    from streaming.job import run
+    """The real job (``streaming.job.pipeline.run``, tuned by its own flags), e.g. under the profiler."""
+    from streaming.job.pipeline import run
 
     return run(argv)
 
@@ -428,7 +428,7 @@ def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int):
     from models.training import fit
     from streaming.features.batch import featurize_frame
     from streaming.features.spec import DEFAULT_SPEC
-    from streaming.simulator import simulate
+    from streaming.sim.simulator import simulate
 
     table = featurize_frame(simulate(customers=customers, terminals=terminals, days=30, seed=seed + 1))
     booster = fit(table, DEFAULT_SPEC.names, {"max_depth": 6, "learning_rate": 0.1, "n_estimators": 100}, seed=seed)
@@ -440,7 +440,7 @@ def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int):
 
 def make_transactions(n: int, customers: int, terminals: int, seed: int):
     """The first ``n`` transactions of ``simulate(customers, terminals, days)`` (enough days)."""
-    from streaming.simulator import simulate
+    from streaming.sim.simulator import simulate
 
     per_day = max(1.0, customers * 2.0)  # ~2 transactions per customer-day on average
     days = max(2, math.ceil(n / per_day) + 1)
@@ -472,7 +472,7 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
         tuning = (["--local-pull-size", str(variant.pull_size), "--local-pull-deadline", str(variant.pull_timeout)]
                   if variant.tuned else ["--no-local-tuning"])
         if not profile:
-            return [sys.executable, "-m", "streaming.job", *job_args, *tuning]  # exactly the real job
+            return [sys.executable, "-m", "streaming.job.pipeline", *job_args, *tuning]  # exactly the real job
         return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *job_args, *tuning]
     return [sys.executable, "-m", "loadtest.bench_stream", f"{variant.base}-job", *wrapper, *variant.job_flags(),
             *job_args]
@@ -514,7 +514,7 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
                   profile_dir: str | None, predictor: str | None = None) -> Outcome:
     import orjson
 
-    from streaming.publish import TopicPaths, make_publisher, publish_dataset
+    from streaming.io.publish import TopicPaths, make_publisher, publish_dataset
 
     n = len(df)
     tag = f"{variant.name}-{repeat}-{uuid.uuid4().hex[:6]}"
@@ -677,7 +677,7 @@ def run(argv: list[str] | None = None) -> int:
     if not variants or len(set(names)) != len(names):
         parser.error("--variants: give at least one, each once")
 
-    from streaming.pubsub_local import PubSubEmulator
+    from streaming.io.pubsub_local import PubSubEmulator
 
     profile_dir = os.environ.get(PROFILE_ENV) or None
     if profile_dir:

@@ -50,9 +50,9 @@ import pandas as pd
 
 from loadtest.replay_ledger import (TRANSACTION, Ledger, Outcome, Planned, Stage, assess_stage, plan,
                                     slo_certainly_breached, stage_windows, step_stages)
-from streaming.datasets import DatasetError, read_table
-from streaming.events import encode
-from streaming.publish import (LabelDelay, PublishReport, TopicPaths, _Confirmer, _Parser, _positive, _timeline,
+from streaming.io.datasets import DatasetError, read_table
+from streaming.io.events import encode
+from streaming.io.publish import (LabelDelay, PublishReport, TopicPaths, _Confirmer, _Parser, _positive, _timeline,
                                schedule_labels)
 
 PROG = "streamscore loadtest replay"
@@ -534,11 +534,11 @@ def _stages(args) -> list[Stage] | None:
 
 
 def _clients(args):
-    from streaming.publish import make_publisher
+    from streaming.io.publish import make_publisher
 
     publisher = make_publisher(args.emulator_host, ordering=args.ordering_key == "customer")
     if args.emulator_host:
-        from streaming.pubsub_local import subscriber_client
+        from streaming.io.pubsub_local import subscriber_client
 
         return publisher, subscriber_client(args.emulator_host)
     from google.cloud import pubsub_v1
@@ -549,7 +549,7 @@ def _clients(args):
 def _ensure_subscriptions(subscriber, project: str, pairs: dict[str, str]) -> None:
     from google.api_core.exceptions import AlreadyExists
 
-    from streaming.pubsub_local import subscription_path, topic_path
+    from streaming.io.pubsub_local import subscription_path, topic_path
 
     for sub, topic in pairs.items():
         try:
@@ -563,7 +563,7 @@ def run(argv: list[str] | None = None) -> int:
     """Exit code: 0 done, 1 the run failed or lost events, 2 bad arguments or input."""
     from loadtest.replay_report import build_report, format_summary, strict, write_html
     from loadtest.replay_stack import LocalStack
-    from streaming.pubsub_local import subscription_path
+    from streaming.io.pubsub_local import subscription_path
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ import numpy as np
 from loadtest.grpc_loadgen import percentile
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-TRANSACTION, LABEL = 0, 1  # as in streaming.publish
+TRANSACTION, LABEL = 0, 1  # as in streaming.io.publish
 
 
 # --------------------------------------------------------------------------- the plan

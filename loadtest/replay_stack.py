@@ -1,7 +1,7 @@
 """``--local-stack``: the stack ``streamscore up`` runs (emulator, predictor, streaming job), without its traffic.
 
-Reuses :mod:`streaming.up`'s pieces: the production model is trained on a simulated history
-when the registry has none (:func:`streaming.up.ensure_production_model`), and the predictor and
+Reuses :mod:`streaming.demo.up`'s pieces: the production model is trained on a simulated history
+when the registry has none (:func:`streaming.demo.up.ensure_production_model`), and the predictor and
 the job run as ``streamscore serve`` / ``streamscore stream`` subprocesses in their own process
 groups, with their logs in ``workdir``. Everything started is stopped on exit, also on errors.
 """
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from streaming.pubsub_local import PubSubEmulator
-from streaming.up import (TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model,
+from streaming.io.pubsub_local import PubSubEmulator
+from streaming.demo.up import (TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model,
                          ensure_signing_keys)
 
 #: The job's input subscriptions (its defaults) and this load test's output subscriptions.

@@ -3,7 +3,7 @@
 Every score message carries the ``features`` it was scored with, so after the replay the
 candidate (a second ``streamscore serve``, e.g. ``--model-file candidate.json`` or another
 registry's production) scores exactly those vectors over gRPC
-(:class:`streaming.scoring.ScoringClient`). Done after the measured run, so the candidate's CPU
+(:class:`streaming.job.scoring.ScoringClient`). Done after the measured run, so the candidate's CPU
 does not disturb the latencies being measured; the figures are the same as scoring in line.
 
 :func:`agreement` is the pure part: mean and max absolute difference, Spearman rank
@@ -73,7 +73,7 @@ def shadow_compare(scored: Mapping[str, tuple[float, str, dict]], labels: Mappin
     Feature vectors are sent in the order the score message lists them (the job writes them in
     its feature spec's order). Events the candidate refuses are counted, not compared.
     """
-    from streaming.scoring import RetryPolicy, ScoringClient
+    from streaming.job.scoring import RetryPolicy, ScoringClient
 
     client = ScoringClient(target, deadline=deadline, retry=RetryPolicy(max_attempts=5))
     ids = list(scored)

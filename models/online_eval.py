@@ -29,7 +29,7 @@ import pandas as pd
 from models.evaluation import PROTOCOLS, Split, assess, normalise_feature_table, split_train_test
 from models.online import LEARNERS, OnlineLearner
 from models.predictor.online import OnlineModel
-from streaming.datasets import reference_dir
+from streaming.io.datasets import reference_dir
 from streaming.features.spec import DEFAULT_SPEC
 
 FEATURES_FILE = "features_2018-04_to_2018-08.parquet"

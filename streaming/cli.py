@@ -16,10 +16,10 @@ from collections.abc import Callable
 # command -> (module with run(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("streaming.cli:run_simulate", "generate labelled card transactions (Parquet or JSON Lines)"),
-    "publish": ("streaming.publish:run", "publish a dataset's transactions, and later its labels, to Pub/Sub"),
+    "publish": ("streaming.io.publish:run", "publish a dataset's transactions, and later its labels, to Pub/Sub"),
     "featurize": ("streaming.features.batch:main", "batch Beam job: the streaming features, one row per transaction"),
-    "stream": ("streaming.job:run", "the Beam streaming job (runner flags pass through to Beam)"),
-    "up": ("streaming.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
+    "stream": ("streaming.job.pipeline:run", "the Beam streaming job (runner flags pass through to Beam)"),
+    "up": ("streaming.demo.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
     "train": ("models.training:run", "train XGBoost on a feature table, model selection on validation folds only"),
     "retrain": ("models.retrain:run", "challenger on the latest labelled window, gated against production, registered, promoted if better"),
     "monitor": ("models.cli_monitor:run", "PSI against the model's training reference and live AP/CP@100, window by window"),
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_simulate(argv: list[str] | None = None) -> int:
     """``streamscore simulate``: write a simulated, labelled transaction dataset."""
-    from streaming.datasets import write_table
-    from streaming.simulator import DRIFT_KINDS, simulate
+    from streaming.io.datasets import write_table
+    from streaming.sim.simulator import DRIFT_KINDS, simulate
 
     parser = argparse.ArgumentParser(prog="streamscore simulate", description=run_simulate.__doc__)
     parser.add_argument("--customers", type=int, default=5000, help="number of customers (default 5000)")

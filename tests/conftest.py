@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streaming import local_runner
-from streaming.pubsub_local import EmulatorNotFound, PubSubEmulator, find_emulator
+from streaming.runner import local as local_runner
+from streaming.io.pubsub_local import EmulatorNotFound, PubSubEmulator, find_emulator
 from streaming.store.redis_server import RedisServer, RedisServerError
 
 

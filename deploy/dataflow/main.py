@@ -9,7 +9,7 @@ unless the launch gives one, so workers run exactly the dependency set of constr
 import os
 import sys
 
-from streaming.dataflow import launch
+from streaming.job.dataflow import launch
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -15,5 +15,5 @@ COPY protos/ protos/
 COPY loadtest/ loadtest/
 RUN pip install --no-cache-dir --disable-pip-version-check -c constraints.txt . \
  && pip check \
- && python -c "import apache_beam, streaming.job; assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
+ && python -c "import apache_beam, streaming.job.pipeline; assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
 WORKDIR /

@@ -3,7 +3,7 @@
 :class:`RawTransactions` turns a ``streamscore.v1.Transaction`` message into the feature values
 (in the spec's order) that the :class:`~models.predictor.core.Scorer` scores:
 
-1. validated by the project's one event parser (:func:`streaming.events.from_proto`): a bad
+1. validated by the project's one event parser (:func:`streaming.io.events.from_proto`): a bad
    field is :class:`InvalidArgument` naming ``transaction.<field>``;
 2. the card's and the terminal's stored state in one round trip
    (:class:`~streaming.store.redis_store.StoreReader`, an MGET); unreachable store:
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from models.predictor.errors import InvalidArgument, StoreUnavailable
-from streaming.events import EventError, from_proto
+from streaming.io.events import EventError, from_proto
 from streaming.features.spec import SPECS, FeatureSpec
 from streaming.features.windows import LateEventError
 from streaming.store.raw import RawFeatures, raw_features

@@ -19,7 +19,7 @@ import time
 
 import orjson
 
-from streaming.events import EventError, SCHEMA_TRANSACTION, parse, to_proto
+from streaming.io.events import EventError, SCHEMA_TRANSACTION, parse, to_proto
 
 
 def _lines(args) -> list[bytes]:

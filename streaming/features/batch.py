@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from streaming.datasets import DatasetError, read_table
+from streaming.io.datasets import DatasetError, read_table
 from streaming.features.spec import DEFAULT_SPEC, SPECS, FeatureSpec
 from streaming.features.windows import (
     MAX_ABS_AMOUNT,

@@ -27,12 +27,12 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from streaming.events import DeadLetter, Label, Transaction, dead_letter_of_event
+from streaming.io.events import DeadLetter, Label, Transaction, dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.transaction import time_ns, transaction_features
 from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
-from streaming.guard import guarded
-from streaming.labelled import FeatureStore
+from streaming.job.guard import guarded
+from streaming.job.labelled import FeatureStore
 from streaming.store.online import OnlineStoreWrites
 
 DEAD_LETTER = "dead_letter"
@@ -114,8 +114,8 @@ class TerminalStateFn(beam.DoFn):
     """(terminal_id, (Transaction, customer features) | Label) → :class:`FeaturedTransaction`.
 
     With ``keep_examples_days``, the feature vector of each transaction is also kept (a
-    :class:`~streaming.labelled.FeatureStore`) until its label arrives, and each label then
-    yields an :class:`~streaming.labelled.Example` on the ``examples`` output — for online
+    :class:`~streaming.job.labelled.FeatureStore`) until its label arrives, and each label then
+    yields an :class:`~streaming.job.labelled.Example` on the ``examples`` output — for online
     learning from exactly the features that were scored, without another stage. A label that
     overtakes its transaction waits in the store and its example leaves with the transaction.
 
@@ -227,7 +227,7 @@ class StreamFeatures(beam.PTransform):
     can key them itself, saving the runner a stage). With ``emit``, the ``"features"`` output
     holds ``emit(featured)`` instead of each :class:`FeaturedTransaction`.
     With ``keep_examples_days`` the output also has ``"examples"``: an
-    :class:`~streaming.labelled.Example` for each label whose transaction was featurised
+    :class:`~streaming.job.labelled.Example` for each label whose transaction was featurised
     at most that many days (event time) before the terminal's latest transaction.
     With ``online_store`` (a redis:// URL), both stages also write each key's updated state to
     that online store at the end of each bundle (:mod:`streaming.store.online`).

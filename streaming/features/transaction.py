@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from streaming.events import Transaction
+from streaming.io.events import Transaction
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WEEKEND = (5, 6)

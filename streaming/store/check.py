@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from streaming.events import Transaction, to_proto
+from streaming.io.events import Transaction, to_proto
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 
 

@@ -1,6 +1,6 @@
 """A raw transaction's features from the online store's states: the same feature code as the stream.
 
-Pure code (no Redis, no gRPC): given a parsed :class:`~streaming.events.Transaction` and the
+Pure code (no Redis, no gRPC): given a parsed :class:`~streaming.io.events.Transaction` and the
 stored states of its card and terminal (or None: a new card / terminal), add the transaction
 to a decoded copy of each state and compute the features exactly as the streaming job does
 (:class:`~streaming.features.windows.CustomerState`, ``TerminalState``,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streaming.events import Transaction
+from streaming.io.events import Transaction
 from streaming.features.spec import DAY_NS, FeatureSpec
 from streaming.features.transaction import time_ns, transaction_features
 from streaming.features.windows import CustomerState, TerminalState, derived_features

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 
-from streaming.pubsub_local import _free_port
+from streaming.io.pubsub_local import _free_port
 
 
 class RedisServerError(RuntimeError):

@@ -1,10 +1,10 @@
 """The production job graph, built for DataflowRunner offline (no credentials, no network).
 
-Each reference graph (``streaming.dataflow.REFERENCE_GRAPHS``) is built in a fresh interpreter
+Each reference graph (``streaming.job.dataflow.REFERENCE_GRAPHS``) is built in a fresh interpreter
 in which any DNS lookup or socket connection raises, so the test proves the build needs no
 network and that the local runner's tuning is never imported on the Dataflow path. A renamed
 transform fails :func:`test_transform_names_match_the_committed_graph` until the expected file
-is regenerated on purpose (the command is in ``streaming/dataflow.py``).
+is regenerated on purpose (the command is in ``streaming/job/dataflow.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from streaming.dataflow import OFFLINE_ARGS, REFERENCE_GRAPHS, flex_argv
+from streaming.job.dataflow import OFFLINE_ARGS, REFERENCE_GRAPHS, flex_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = Path(__file__).with_name("expected_dataflow_steps.json")
-REGENERATE = "PYTHONPATH=. python -m streaming.dataflow steps > tests/deploy/expected_dataflow_steps.json"
+REGENERATE = "PYTHONPATH=. python -m streaming.job.dataflow steps > tests/deploy/expected_dataflow_steps.json"
 
 BUILD = r"""
 import json, socket, sys
@@ -31,7 +31,7 @@ def offline(*args, **kwargs):
 socket.getaddrinfo = socket.create_connection = offline
 socket.socket.connect = socket.socket.connect_ex = lambda self, *a: offline()
 
-from streaming.dataflow import dry_run
+from streaming.job.dataflow import dry_run
 
 built = dry_run(json.loads(sys.argv[1]))
 print(json.dumps({
@@ -41,7 +41,7 @@ print(json.dumps({
                      "timestamp": r.timestamp_attribute, "attributes": r.with_attributes}
               for name, r in built.pubsub_reads().items()},
     "images": sorted(built.container_images()),
-    "local_runner_imported": "streaming.local_runner" in sys.modules,
+    "local_runner_imported": "streaming.runner.local" in sys.modules,
 }))
 """
 

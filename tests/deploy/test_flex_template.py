@@ -2,8 +2,8 @@
 
 The job's flags are read from ``streamscore stream --help`` itself (a subprocess), so a flag added
 to the job without a template parameter (or the reverse) fails here. The only flags left out are
-:data:`streaming.dataflow.LOCAL_ONLY_FLAGS` (emulator, local-runner tuning) and
-:data:`streaming.dataflow.LAUNCHER_FLAGS` (passed by the launcher itself).
+:data:`streaming.job.dataflow.LOCAL_ONLY_FLAGS` (emulator, local-runner tuning) and
+:data:`streaming.job.dataflow.LAUNCHER_FLAGS` (passed by the launcher itself).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.dataflow import LAUNCHER_FLAGS, LOCAL_ONLY_FLAGS, job_flags
+from streaming.job.dataflow import LAUNCHER_FLAGS, LOCAL_ONLY_FLAGS, job_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "deploy/dataflow/metadata.json").read_text())

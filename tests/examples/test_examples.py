@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming.events import Transaction, parse
-from streaming.pubsub_local import EmulatorNotFound, find_emulator, pull_all
+from streaming.io.events import Transaction, parse
+from streaming.io.pubsub_local import EmulatorNotFound, find_emulator, pull_all
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

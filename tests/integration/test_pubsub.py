@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streaming.datasets import write_table
-from streaming.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, Label, Transaction, format_time, parse
-from streaming.publish import TopicPaths, make_publisher, publish_dataset, run, schedule_labels
-from streaming.pubsub_local import (
+from streaming.io.datasets import write_table
+from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, Label, Transaction, format_time, parse
+from streaming.io.publish import TopicPaths, make_publisher, publish_dataset, run, schedule_labels
+from streaming.io.pubsub_local import (
     EmulatorError, EmulatorNotFound, PubSubEmulator, Topics, find_emulator, pull_all, subscription_path,
     topic_path,
 )

@@ -17,10 +17,10 @@ import xgboost as xgb
 from loadtest import compare
 from loadtest.replay import run as replay_run
 from loadtest.replay_stack import DEAD_LETTER_SUBSCRIPTION, SCORES_SUBSCRIPTION, LocalStack
-from streaming.datasets import write_table
+from streaming.io.datasets import write_table
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.pubsub_local import EmulatorNotFound, find_emulator, pull_all
-from streaming.simulator import simulate
+from streaming.io.pubsub_local import EmulatorNotFound, find_emulator, pull_all
+from streaming.sim.simulator import simulate
 
 pytestmark = pytest.mark.integration
 NAMES = list(DEFAULT_SPEC.names)

@@ -29,12 +29,12 @@ import pytest
 import xgboost as xgb
 
 from models.predictor.tls_testing import self_signed
-from streaming.events import SCHEMA_TRANSACTION
+from streaming.io.events import SCHEMA_TRANSACTION
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.publish import LabelDelay, TopicPaths, make_publisher, publish_dataset
-from streaming.pubsub_local import pull_all
-from streaming.simulator import simulate
+from streaming.io.publish import LabelDelay, TopicPaths, make_publisher, publish_dataset
+from streaming.io.pubsub_local import pull_all
+from streaming.sim.simulator import simulate
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def stack(pubsub_emulator, tmp_path, history):
                   "--auth-token-file", str(tmp_path / "token")]
     predictor = Proc(serve_args, tmp_path / "serve.log")
     wait_serving(port)
-    job = Proc(["-m", "streaming.job", "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
+    job = Proc(["-m", "streaming.job.pipeline", "--project", pubsub_emulator.project, "--emulator-host", pubsub_emulator.host_port,
                 "--transactions-subscription", f"{names['tx']}-job", "--labels-subscription", f"{names['labels']}-job",
                 "--scores-topic", names["scores"], "--alerts-topic", names["alerts"], "--dead-letter-topic", names["dead"],
                 "--monitoring-topic", names["monitoring"], "--predictor", f"127.0.0.1:{port}",

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from loadtest import bench_retrain
-from streaming.datasets import reference_dir
+from streaming.io.datasets import reference_dir
 
 
 @pytest.mark.reference

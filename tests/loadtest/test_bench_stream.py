@@ -81,13 +81,13 @@ def test_job_commands_pass_the_tuning_to_every_kind():
 
     names = {k: k for k in ("in_sub", "out", "dead", "labels_sub")}
     real = bs._job_command(bs.parse_variant("features-pull50"), Emulator, names, "off", None)
-    assert real[1:3] == ["-m", "streaming.job"] and real[-4:] == ["--local-pull-size", "50", "--local-pull-deadline", "30.0"]
+    assert real[1:3] == ["-m", "streaming.job.pipeline"] and real[-4:] == ["--local-pull-size", "50", "--local-pull-deadline", "30.0"]
     assert bs._job_command(bs.parse_variant("features-untuned"), Emulator, names, "off", None)[-1] == "--no-local-tuning"
     bare = bs._job_command(bs.parse_variant("bare-untuned"), Emulator, names, "off", None)
     assert "bare-job" in bare and "--untuned" in bare
     names["alerts"] = "alerts"
     scoring = bs._job_command(bs.parse_variant("scoring"), Emulator, names, "off", None, predictor="h:1")
-    assert scoring[1:3] == ["-m", "streaming.job"] and scoring[scoring.index("--predictor") + 1] == "h:1"
+    assert scoring[1:3] == ["-m", "streaming.job.pipeline"] and scoring[scoring.index("--predictor") + 1] == "h:1"
     assert scoring[scoring.index("--scores-topic") + 1] == "out"
     with pytest.raises(ValueError, match="needs a predictor"):
         bs._job_command(bs.parse_variant("scoring"), Emulator, names, "off", None)

@@ -18,7 +18,7 @@ import orjson
 
 from loadtest import replay_ledger as rl
 from loadtest.replay import namespaced, replay, wall_clock
-from streaming.publish import TopicPaths
+from streaming.io.publish import TopicPaths
 
 
 class FakeSystem:

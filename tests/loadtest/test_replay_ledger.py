@@ -12,7 +12,7 @@ import pytest
 
 from loadtest import replay_ledger as rl
 from loadtest.replay import ScoreConsumer, namespaced, publish_plan, timeline
-from streaming.publish import TopicPaths
+from streaming.io.publish import TopicPaths
 
 TX, LB = rl.TRANSACTION, rl.LABEL
 

@@ -227,7 +227,7 @@ def _handbook_get_train_test_set(df, start, delta_train, delta_delay, delta_test
 
 @pytest.mark.parametrize("start,delays", [("2018-04-03", (3, 2, 4)), ("2018-04-06", (7, 7, 7)), ("2018-04-02", (2, 0, 3))])
 def test_split_matches_the_handbook_function_on_simulated_data(start, delays):
-    from streaming.simulator import simulate
+    from streaming.sim.simulator import simulate
 
     df = simulate(customers=80, terminals=120, days=30, seed=3, radius=30.0)
     assert df["TX_FRAUD"].sum() > 20

@@ -12,7 +12,7 @@ from models.evaluation import feature_table_spec, read_feature_table
 from models.registry import Registry, SpecMismatchError
 from streaming.features.batch import featurize_frame, write_features
 from streaming.features.spec import DEFAULT_SPEC, EXTENDED_SPEC, FeatureSpec
-from streaming.simulator import simulate
+from streaming.sim.simulator import simulate
 
 
 @pytest.fixture(scope="module")

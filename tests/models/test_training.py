@@ -20,7 +20,7 @@ from models.monitoring import load_reference
 from models.registry import Registry
 from models.signing import generate
 from models.report import render_report
-from streaming.datasets import reference_dir
+from streaming.io.datasets import reference_dir
 from streaming.features.spec import DEFAULT_SPEC
 
 NAMES = list(DEFAULT_SPEC.names)

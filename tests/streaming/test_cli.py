@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from streaming import cli
-from streaming.datasets import read_table
+from streaming.io.datasets import read_table
 
 
 def test_help_lists_every_command(capsys):

@@ -1,4 +1,4 @@
-"""The streaming job's scoring client (``streaming.scoring.ScoringClient``) against a real predictor.
+"""The streaming job's scoring client (``streaming.job.scoring.ScoringClient``) against a real predictor.
 
 It lives beside the predictor tests for their in-process server fixtures. A bundle is scored
 in one KServe ``ModelInfer`` call; a batch the predictor refuses is scored again over
@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from streaming.scoring import PredictorUnavailable, RetryPolicy, ScoringClient
+from streaming.job.scoring import PredictorUnavailable, RetryPolicy, ScoringClient
 
 from .conftest import synthetic
 
@@ -78,7 +78,7 @@ def test_an_address_list_target_spreads_calls_over_every_predictor(serve, make_s
 
 
 def test_only_multi_address_targets_get_round_robin():
-    from streaming.scoring import ROUND_ROBIN_SERVICE_CONFIG, channel_options
+    from streaming.job.scoring import ROUND_ROBIN_SERVICE_CONFIG, channel_options
 
     def balanced(target):
         return ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG) in channel_options(target)

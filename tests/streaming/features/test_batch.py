@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streaming.datasets import DatasetError, read_table, write_table
+from streaming.io.datasets import DatasetError, read_table, write_table
 from streaming.features import batch
 from streaming.features.batch import featurize_frame, key_shards, run
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.features.windows import DAY_NS, CustomerState, TerminalState
-from streaming.simulator import simulate
+from streaming.sim.simulator import simulate
 
 
 def make_transactions(customers=40, terminals=80, days=45, seed=3, twins=3):

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming.beam_testing import replay, with_labels
-from streaming.datasets import iter_transactions, read_table, reference_dir, write_table
-from streaming.events import Transaction
+from streaming.runner.testing import replay, with_labels
+from streaming.io.datasets import iter_transactions, read_table, reference_dir, write_table
+from streaming.io.events import Transaction
 from streaming.features import batch
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC, EXTENDED_SPEC, SPECS, FeatureSpec
@@ -37,7 +37,7 @@ from streaming.features.windows import (
     derived_features,
     terminal_features,
 )
-from streaming.simulator import simulate
+from streaming.sim.simulator import simulate
 
 #: DEFAULT_SPEC's hash before derived features existed: adding them must not move it.
 REFERENCE_HASH = "d342e4daeb43999ef2754b2f666e9d8cb84563d850285e956be9504c1ad51e72"

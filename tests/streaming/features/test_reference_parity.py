@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from streaming.datasets import read_table, reference_dir
+from streaming.io.datasets import read_table, reference_dir
 from streaming.features.batch import featurize_frame, run
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.windows import CustomerState, TerminalState

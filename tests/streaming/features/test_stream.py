@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streaming.beam_testing import replay, with_labels
-from streaming.datasets import iter_transactions, read_table, reference_dir
-from streaming.events import Label, Transaction
+from streaming.runner.testing import replay, with_labels
+from streaming.io.datasets import iter_transactions, read_table, reference_dir
+from streaming.io.events import Label, Transaction
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import StreamFeatures, time_ns, transaction_features

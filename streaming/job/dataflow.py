@@ -10,13 +10,13 @@
   pipeline proto. Beam's ``--dataflow_job_file`` is not written on a dry run (the file is
   written by the API client, after staging), so the environment is assembled here with Beam's
   own ``apiclient.Environment``.
-* ``python -m streaming.dataflow steps`` prints the transform names of the reference graphs;
+* ``python -m streaming.job.dataflow steps`` prints the transform names of the reference graphs;
   ``tests/deploy/expected_dataflow_steps.json`` holds them, so a renamed transform (which would
   break ``--update`` of a running job) fails a test unless that file is regenerated on purpose::
 
-      PYTHONPATH=. python -m streaming.dataflow steps > tests/deploy/expected_dataflow_steps.json
+      PYTHONPATH=. python -m streaming.job.dataflow steps > tests/deploy/expected_dataflow_steps.json
 
-  ``python -m streaming.dataflow job ARGS...`` prints the whole offline job description.
+  ``python -m streaming.job.dataflow job ARGS...`` prints the whole offline job description.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ REFERENCE_GRAPHS: dict[str, tuple[str, ...]] = {
 
 def job_flags() -> dict[str, argparse.Action]:
     """Every long flag of ``streamscore stream`` (but ``--help``) -> its argparse action."""
-    from streaming.job import build_parser
+    from streaming.job.pipeline import build_parser
 
     return {opt: action for action in build_parser()._actions for opt in action.option_strings
             if opt.startswith("--") and opt != "--help"}
@@ -86,7 +86,7 @@ def flex_argv(argv: list[str]) -> list[str]:
 
 def launch(argv: list[str] | None = None) -> int:
     """The Flex Template entry point: submit the job and return (the launcher must exit)."""
-    from streaming.job import run
+    from streaming.job.pipeline import run
 
     return run(flex_argv(sys.argv[1:] if argv is None else argv))
 
@@ -116,7 +116,7 @@ def dry_run(argv: list[str]) -> DryRun:
     """Build ``streamscore stream ARGV`` for DataflowRunner without submitting it (no credentials, no network)."""
     from apache_beam.runners.dataflow.internal import apiclient
 
-    from streaming.job import build
+    from streaming.job.pipeline import build
 
     with tempfile.TemporaryDirectory() as tmp:
         if any(a.startswith("--registry") for a in argv) and not any(a.startswith("--signing-key-file") for a in argv):
@@ -140,7 +140,7 @@ def reference_steps() -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streaming.dataflow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m streaming.job.dataflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("steps", help="the reference graphs' transform names (tests/deploy/expected_dataflow_steps.json)")
     job = sub.add_parser("job", help="the offline job description of `streamscore stream ARGS` on Dataflow")

@@ -40,7 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
-from streaming.events import (
+from streaming.io.events import (
     DEFAULT_MAX_BYTES,
     SCHEMA_ATTRIBUTE,
     SCHEMA_LABEL,
@@ -56,10 +56,10 @@ from streaming.events import (
 )
 from models.online import LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.guard import guarded
+from streaming.job.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
-from streaming.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
-from streaming.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
+from streaming.job.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
+from streaming.job.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
 from streaming.store.redis_store import check_url
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
@@ -204,7 +204,7 @@ class StreamingJob(beam.PTransform):
         config = self.config
         learn = bool(config.predictor and config.registry)
         # Parsing keys the events and, without a predictor, the terminal stage formats the features
-        # messages itself: on the local runner every stage costs per bundle (see streaming/local_runner.py).
+        # messages itself: on the local runner every stage costs per bundle (see streaming/runner/local.py).
         read = pbegin | ReadEvents.__name__ >> ReadEvents(config, keyed=True)
         featured = read["events"] | StreamFeatures.__name__ >> StreamFeatures(
             self.spec, config.allowed_lateness_days, config.max_label_delay_days if learn else None, keyed=True,
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--no-online-warm-start", action="store_true",
                          help="start the learner untrained instead of from a matching snapshot or the "
                               "production model's training window")
-    local = parser.add_argument_group("local runner (ignored on other runners; see streaming/local_runner.py)")
+    local = parser.add_argument_group("local runner (ignored on other runners; see streaming/runner/local.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
     local.add_argument("--local-pull-deadline", type=float, default=30.0,
@@ -354,7 +354,7 @@ def check_staged(options: PipelineOptions) -> None:
 
 
 def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
-    """Parse flags and construct (not run) the pipeline; on the local runner, tune it (:mod:`streaming.local_runner`)."""
+    """Parse flags and construct (not run) the pipeline; on the local runner, tune it (:mod:`streaming.runner.local`)."""
     args, beam_args = build_parser().parse_known_args(argv)
     if args.max_message_bytes <= 0:
         raise ValueError(f"--max-message-bytes must be > 0, got {args.max_message_bytes}")
@@ -400,7 +400,7 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
             raise ValueError(f"--id-label is honoured only by Dataflow; Beam's local runner cannot deduplicate "
                              f"on it, got --id-label {config.id_label!r} with runner {LOCAL_RUNNER}")
         if not args.no_local_tuning:
-            from streaming import local_runner  # imported here only: no other runner loads the tuning
+            from streaming.runner import local as local_runner  # imported here only: no other runner loads the tuning
 
             local_runner.install(args.local_pull_size, args.local_pull_deadline)
     else:
@@ -418,7 +418,7 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     pipeline, config = build(argv)
-    log = logging.getLogger("streaming.job")
+    log = logging.getLogger("streaming.job.pipeline")
     log.info("starting: reading %s%s; %s; dead letters to %s", config.transactions_subscription,
              f" and {config.labels_subscription}" if config.labels_subscription else "",
              f"scoring via {config.predictor} to {config.scores_topic}" if config.predictor

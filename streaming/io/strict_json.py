@@ -13,7 +13,7 @@ a double. :func:`loads` takes the strict intersection and refuses everything els
 >>> loads(b'{"a": 1, "a": 2}')
 Traceback (most recent call last):
 ...
-streaming.strict_json.StrictJsonError: a must appear once: duplicate key in the JSON object
+streaming.io.strict_json.StrictJsonError: a must appear once: duplicate key in the JSON object
 
 Fast path: orjson, then ``orjson.dumps(value) == data`` proves there were no duplicate keys
 (a duplicate would make the re-encoding shorter) — every message our own producers write

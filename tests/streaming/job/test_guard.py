@@ -9,13 +9,13 @@ import orjson
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from streaming.beam_testing import replay
-from streaming.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, DeadLetter, Label, Transaction, encode, parse
+from streaming.runner.testing import replay
+from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, DeadLetter, Label, Transaction, encode, parse
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, StreamFeatures
 from streaming.features.windows import CustomerState, TerminalState
-from streaming.guard import element_dead_letter, guarded
-from streaming.job import ParsePubsubFn
+from streaming.job.guard import element_dead_letter, guarded
+from streaming.job.pipeline import ParsePubsubFn
 
 T0 = datetime(2018, 4, 2, tzinfo=UTC)
 

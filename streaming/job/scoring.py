@@ -42,10 +42,10 @@ import numpy as np
 from protos.kserve.v2 import grpc_predict_v2_pb2 as kserve_pb
 from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as kserve_grpc
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
-from streaming.events import Score, dead_letter_of_event, encode
+from streaming.io.events import Score, dead_letter_of_event, encode
 from streaming.features.spec import FeatureSpec
 from streaming.features.stream import FeaturedTransaction
-from streaming.guard import COUNTER as GUARD_COUNTER, element_dead_letter, failure_reason
+from streaming.job.guard import COUNTER as GUARD_COUNTER, element_dead_letter, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class ScoreFn(beam.DoFn):
         before, refused = self._client.retries, self._client.auth_failures
         try:
             results = self._client.score_many([(f.transaction.transaction_id, f.features) for f, _, _ in batch])
-        except Exception as exc:  # the last-resort guard (streaming.guard): the batch's dead letters, not a crash
+        except Exception as exc:  # the last-resort guard (streaming.job.guard): the batch's dead letters, not a crash
             self._guard_failures.inc()
             reason = failure_reason("score", exc)
             results = [Scored(f.transaction.transaction_id, None, "", error=reason) for f, _, _ in batch]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streaming.datasets import (
+from streaming.io.datasets import (
     DatasetError,
     iter_labels,
     iter_transactions,
@@ -14,7 +14,7 @@ from streaming.datasets import (
     reference_dir,
     write_table,
 )
-from streaming.events import Label, Transaction
+from streaming.io.events import Label, Transaction
 
 
 def small_frame() -> pd.DataFrame:

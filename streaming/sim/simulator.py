@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from streaming.datasets import REFERENCE_COLUMNS
+from streaming.io.datasets import REFERENCE_COLUMNS
 
 __all__ = ["COLUMNS", "simulate"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streaming.events import Label, Transaction
+from streaming.io.events import Label, Transaction
 
 REFERENCE_COLUMNS = (
     "TRANSACTION_ID",
@@ -36,7 +36,7 @@ REFERENCE_COLUMNS = (
 REQUIRED_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
 
 #: Where the shared reference data lives relative to the repository root.
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fraud-handbook"
+REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fraud-handbook"
 
 
 class DatasetError(ValueError):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import orjson
 
-from streaming import strict_json
+from streaming.io import strict_json
 from streaming.features.windows import MAX_ABS_AMOUNT
 
 SCHEMA_TRANSACTION = "streamscore.transaction.v1"

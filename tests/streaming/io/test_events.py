@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.events import (
+from streaming.io.events import (
     DEFAULT_MAX_BYTES,
     SCHEMA_LABEL,
     SCHEMA_TRANSACTION,
@@ -338,7 +338,7 @@ def test_time_full_match_and_unicode_digits():
 
 
 def test_dead_letters_of_unencodable_content_never_raise():
-    from streaming.events import DeadLetter, dead_letter_of_event
+    from streaming.io.events import DeadLetter, dead_letter_of_event
 
     weird = Transaction("1", T0, "c", "t", 1.0, extra={"bad": "\ud800", "deep": [[[[[]]]]] * 1})
     dead = dead_letter_of_event(weird, "duplicate \ud800", "features")

@@ -13,10 +13,10 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from models.registry import Registry
-from streaming.beam_testing import Collect
+from streaming.runner.testing import Collect
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.labelled import Example
-from streaming.learning import LEARNER_KEY, LearnerFn
+from streaming.job.labelled import Example
+from streaming.job.learning import LEARNER_KEY, LearnerFn
 
 NAMES = DEFAULT_SPEC.names
 

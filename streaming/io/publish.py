@@ -1,7 +1,7 @@
 """The producer: replay a transactions file onto Pub/Sub, with labels arriving later.
 
 ``streamscore publish --input TX (--speedup X | --rate R)`` reads a dataset
-(:func:`streaming.datasets.read_table`) and publishes one stream, ordered by publish time:
+(:func:`streaming.io.datasets.read_table`) and publishes one stream, ordered by publish time:
 
 * every transaction at its event time, to the transactions topic;
 * unless ``--no-labels`` (and only when the file has ``TX_FRAUD``), its label at
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from streaming.datasets import DatasetError, iter_labels, iter_transactions, read_table
-from streaming.events import encode
-from streaming.pubsub_local import DEFAULT_PROJECT, topic_path
+from streaming.io.datasets import DatasetError, iter_labels, iter_transactions, read_table
+from streaming.io.events import encode
+from streaming.io.pubsub_local import DEFAULT_PROJECT, topic_path
 
 PROG = "streamscore publish"
 NS_PER_DAY = 86_400 * 10**9
@@ -346,7 +346,7 @@ def make_publisher(emulator_host: str | None = None, ordering: bool = False):
     """
     from google.cloud import pubsub_v1
 
-    from streaming.pubsub_local import publisher_client
+    from streaming.io.pubsub_local import publisher_client
 
     batch = pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=1_000_000, max_latency=0.05)
     flow = pubsub_v1.types.PublishFlowControl(

@@ -43,11 +43,11 @@ import orjson
 
 from models.online import average_precision
 from models.served import ServedFigures
-from streaming.events import SCHEMA_TRANSACTION
+from streaming.io.events import SCHEMA_TRANSACTION
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
-from streaming.pubsub_local import PubSubEmulator, pull_all
-from streaming.simulator import simulate
+from streaming.io.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
+from streaming.io.pubsub_local import PubSubEmulator, pull_all
+from streaming.sim.simulator import simulate
 from streaming.store.check import raw_transaction_check
 from streaming.store.redis_server import RedisServer
 
@@ -323,7 +323,7 @@ def _interrupt(signum, frame):
 
 def _raw_check(target: str, df, progress: Progress) -> dict:
     """The summary's raw-transaction check over the sampled stream scores (see streaming/store/check.py)."""
-    from streaming.datasets import iter_transactions
+    from streaming.io.datasets import iter_transactions
 
     with progress.lock:
         sampled = dict(progress.sampled)

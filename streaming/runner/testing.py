@@ -42,7 +42,7 @@ class Collect(beam.PTransform):
 
 def event_seconds(event) -> float:
     """The element timestamp a replay gives an event: a label counts at its report time."""
-    from streaming.events import Label
+    from streaming.io.events import Label
 
     when = event.reported_at if isinstance(event, Label) else event.event_time
     return when.timestamp()
@@ -54,7 +54,7 @@ def with_labels(transactions, frauds: dict[str, int], seed: int = 2) -> list:
 
     import numpy as np
 
-    from streaming.events import Label
+    from streaming.io.events import Label
 
     rng = np.random.default_rng(seed)
     timeline = [(t.event_time, 0, t) for t in transactions]

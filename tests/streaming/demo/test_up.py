@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streaming import up
+from streaming.demo import up
 
 
 def busy_progress() -> up.Progress:

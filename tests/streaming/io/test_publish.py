@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from google.api_core import exceptions
 
-from streaming import publish
-from streaming.datasets import DatasetError, write_table
-from streaming.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, Label, Transaction, parse
-from streaming.publish import LabelDelay, PublishError, TopicPaths, publish_dataset, run, schedule_labels
+from streaming.io import publish
+from streaming.io.datasets import DatasetError, write_table
+from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, Label, Transaction, parse
+from streaming.io.publish import LabelDelay, PublishError, TopicPaths, publish_dataset, run, schedule_labels
 
 DAY = np.timedelta64(1, "D").astype("timedelta64[ns]")
 PATHS = TopicPaths.for_project("p")

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from streaming.labelled import Example, FeatureStore
+from streaming.job.labelled import Example, FeatureStore
 
 DAY = 86_400 * 10**9
 

@@ -50,11 +50,11 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from models.online import DriftMonitor, OnlineLearner
 from models.online_shards import combine, combined_key, shard_key, shard_of
-from streaming.events import SCHEMA_ATTRIBUTE
+from streaming.io.events import SCHEMA_ATTRIBUTE
 from streaming.features.spec import FeatureSpec
-from streaming.guard import guarded
-from streaming.labelled import Example
-from streaming.scoring import ScoringClient, read_tls_roots
+from streaming.job.guard import guarded
+from streaming.job.labelled import Example
+from streaming.job.scoring import ScoringClient, read_tls_roots
 
 SCHEMA_MONITORING = "streamscore.monitoring.v1"
 LEARNER_KEY = "learner"

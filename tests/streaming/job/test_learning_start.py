@@ -18,9 +18,9 @@ from models.online import OnlineLearner
 from models.online_shards import combine, shard_of
 from models.registry import Registry
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.beam_testing import Collect
-from streaming.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
-from tests.streaming.test_learning import examples, run_learner
+from streaming.runner.testing import Collect
+from streaming.job.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
+from tests.streaming.job.test_learning import examples, run_learner
 
 NAMES = list(DEFAULT_SPEC.names)
 OTHER_SPEC = "f" * 64

@@ -1,4 +1,4 @@
-"""Tests for streaming.simulator: layout, reproducibility, validation, and the statistics
+"""Tests for streaming.sim.simulator: layout, reproducibility, validation, and the statistics
 of the generative process (SIMULATOR.md), at a smaller size and at the reference size."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streaming import simulator
-from streaming.simulator import COLUMNS, simulate
+from streaming.sim import simulator
+from streaming.sim.simulator import COLUMNS, simulate
 
 DTYPES = {
     "TRANSACTION_ID": "int64",

@@ -12,12 +12,12 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
-from streaming import local_runner
-from streaming.beam_testing import replay
+from streaming.runner import local as local_runner
+from streaming.runner.testing import replay
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, TerminalFeaturesFn, TerminalStateFn
-from streaming.learning import LearnerFn
-from streaming.scoring import ScoreFn
+from streaming.job.learning import LearnerFn
+from streaming.job.scoring import ScoreFn
 
 
 class _Outputs(beam.PTransform):

@@ -14,15 +14,15 @@ import orjson
 import pandas as pd
 import pytest
 
-from streaming.datasets import read_table, reference_dir, write_table
-from streaming.events import SCHEMA_TRANSACTION
+from streaming.io.datasets import read_table, reference_dir, write_table
+from streaming.io.events import SCHEMA_TRANSACTION
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.job import build
-from streaming.publish import LabelDelay, TopicPaths, make_publisher, publish_dataset
-from streaming.pubsub_local import pull_all
+from streaming.job.pipeline import build
+from streaming.io.publish import LabelDelay, TopicPaths, make_publisher, publish_dataset
+from streaming.io.pubsub_local import pull_all
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_builds_for_dataflow_offline_with_pubsub_read_and_write():
@@ -87,8 +87,8 @@ def test_sharded_learners_build_a_combine_step_for_dataflow():
 
 
 def test_only_the_local_runner_is_tuned(monkeypatch):
-    from streaming import local_runner
-    from streaming.job import is_local, pipeline_options
+    from streaming.runner import local as local_runner
+    from streaming.job.pipeline import is_local, pipeline_options
 
     calls = []
     monkeypatch.setattr(local_runner, "install", lambda *args: calls.append(args))
@@ -106,10 +106,10 @@ def test_only_the_local_runner_is_tuned(monkeypatch):
 
 
 class RunningJob:
-    """``python -m streaming.job`` in a subprocess (the local streaming runner), killed on exit."""
+    """``python -m streaming.job.pipeline`` in a subprocess (the local streaming runner), killed on exit."""
 
     def __init__(self, emulator, names: dict[str, str], log: Path):
-        args = [sys.executable, "-m", "streaming.job", "--project", emulator.project,
+        args = [sys.executable, "-m", "streaming.job.pipeline", "--project", emulator.project,
                 "--emulator-host", emulator.host_port,
                 "--transactions-subscription", names["tx_sub"], "--labels-subscription", names["label_sub"],
                 "--features-topic", names["features"], "--dead-letter-topic", names["dead"]]

@@ -1,6 +1,6 @@
 """The last-resort guard of every DoFn of the job: one element's exception is its dead letter.
 
-The parser (:mod:`streaming.events`) validates everything the later stages rely on, so a stage
+The parser (:mod:`streaming.io.events`) validates everything the later stages rely on, so a stage
 should never raise on an element. If one still does (a bug, a case nobody thought of), the
 local runner retries the bundle four times and then fails the pipeline, and on Pub/Sub the
 unacknowledged message comes back and kills it again: one message stops the job. So each
@@ -8,14 +8,14 @@ stage's ``process`` is wrapped by :func:`guarded`:
 
 * its outputs for the element are buffered, and emitted only when ``process`` finished —
   an element that fails emits nothing but its dead letter (never "scored *and* dead-lettered");
-* an ``Exception`` becomes a :class:`~streaming.events.DeadLetter` of that stage on the
+* an ``Exception`` becomes a :class:`~streaming.io.events.DeadLetter` of that stage on the
   ``dead_letter`` output, reason ``"<stage> stage failed: <Type>: <message>"``, with the
   element's bytes (:func:`element_dead_letter`), and the stage's Beam counter
   ``guard_failures`` moves. ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) is not
   caught: stopping the worker is not an element's fault.
 
 Stateful stages must not leave half-updated state behind: with the local runner's decoded
-state (:mod:`streaming.local_runner`, patch 8) the state object is changed in place, so a
+state (:mod:`streaming.runner.local`, patch 8) the state object is changed in place, so a
 failure after a change would persist even though nothing is written. The state classes
 (:class:`~streaming.features.windows.CustomerState`, ``TerminalState``) therefore validate
 everything before they change anything, and the DoFns compute what can fail before they
@@ -32,7 +32,7 @@ import orjson
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
-from streaming.events import DeadLetter, Label, Transaction, dead_letter, dead_letter_of_event
+from streaming.io.events import DeadLetter, Label, Transaction, dead_letter, dead_letter_of_event
 
 DEAD_LETTER = "dead_letter"
 COUNTER = "guard_failures"

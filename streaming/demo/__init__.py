@@ -1,0 +1,1 @@
+"""`streamscore up`: the local demo stack and its summary."""

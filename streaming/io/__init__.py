@@ -1,0 +1,1 @@
+"""Event contract, the one parser, datasets on disk, and Pub/Sub publishing/subscribing."""

@@ -1,0 +1,1 @@
+"""The streaming job: the Beam pipeline, its scoring and learning stages, and Dataflow options."""

@@ -1,0 +1,1 @@
+"""Running Beam locally: the tuned streaming DirectRunner and helpers for pipeline tests."""

@@ -1,0 +1,1 @@
+"""The transaction simulator (the generative process of ../shared/specs/SIMULATOR.md)."""
