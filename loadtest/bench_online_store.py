@@ -30,7 +30,7 @@ import numpy as np
 
 from loadtest.bench_predictor import _train, loadavg, our_server
 from streaming.io.datasets import iter_transactions, read_table, reference_dir
-from streaming.io.events import to_proto
+from streaming.io.encoding import to_proto
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC
 from streaming.features.transaction import time_ns
 from streaming.features.windows import CustomerState, TerminalState

@@ -29,7 +29,8 @@ from apache_beam.coders import PickleCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from streaming.io.datasets import iter_transactions
-from streaming.io.events import SCHEMA_TRANSACTION, encode
+from streaming.io.events import SCHEMA_TRANSACTION
+from streaming.io.encoding import encode
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, TerminalStateFn
 from streaming.job.pipeline import ParsePubsubFn

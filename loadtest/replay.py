@@ -51,7 +51,7 @@ import pandas as pd
 from loadtest.replay_ledger import (TRANSACTION, Ledger, Outcome, Planned, Stage, assess_stage, plan,
                                     slo_certainly_breached, stage_windows, step_stages)
 from streaming.io.datasets import DatasetError, read_table
-from streaming.io.events import encode
+from streaming.io.encoding import encode
 from streaming.io.publish import (LabelDelay, PublishReport, TopicPaths, _Confirmer, _Parser, _positive, _timeline,
                                schedule_labels)
 

@@ -1,7 +1,7 @@
 """``--local-stack``: the stack ``streamscore up`` runs (emulator, predictor, streaming job), without its traffic.
 
 Reuses :mod:`streaming.demo.up`'s pieces: the production model is trained on a simulated history
-when the registry has none (:func:`streaming.demo.up.ensure_production_model`), and the predictor and
+when the registry has none (:func:`streaming.demo.bootstrap.ensure_production_model`), and the predictor and
 the job run as ``streamscore serve`` / ``streamscore stream`` subprocesses in their own process
 groups, with their logs in ``workdir``. Everything started is stopped on exit, also on errors.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from streaming.io.pubsub_local import PubSubEmulator
-from streaming.demo.up import (TOPICS, _free_port, _spawn, _stop_process, _wait_serving, ensure_production_model,
-                         ensure_signing_keys)
+from streaming.demo.bootstrap import ensure_production_model, ensure_signing_keys
+from streaming.demo.processes import free_port, spawn, stop_process, wait_serving
+from streaming.demo.up import TOPICS
 
 #: The job's input subscriptions (its defaults) and this load test's output subscriptions.
 SCORES_SUBSCRIPTION = "scores-loadtest"
@@ -59,19 +60,19 @@ class LocalStack:
                                   registry=self.registry, signing_key_file=None, allow_unsigned=False)
         serve_trust, job_trust = ensure_signing_keys(up_args)  # signed like `streamscore up`
         self.version = ensure_production_model(self.registry, up_args)
-        port = _free_port()
-        self.predictor = _spawn(["serve", "--registry", str(self.registry), "--host", "127.0.0.1", "--port", str(port),
+        port = free_port()
+        self.predictor = spawn(["serve", "--registry", str(self.registry), "--host", "127.0.0.1", "--port", str(port),
                                  "--metrics-port", "0", "--poll-interval", "1", *serve_trust],
                                 self.workdir / "predictor.log")
-        _wait_serving(port, self.predictor)
+        wait_serving(port, self.predictor)
         self.predictor_target = f"127.0.0.1:{port}"
         if self.shadow_model_file is not None:
-            shadow_port = _free_port()
-            self.shadow = _spawn(["serve", "--model-file", str(self.shadow_model_file), "--host", "127.0.0.1",
+            shadow_port = free_port()
+            self.shadow = spawn(["serve", "--model-file", str(self.shadow_model_file), "--host", "127.0.0.1",
                                   "--port", str(shadow_port), "--metrics-port", "0"], self.workdir / "shadow.log")
-            _wait_serving(shadow_port, self.shadow)
+            wait_serving(shadow_port, self.shadow)
             self.shadow_target = f"127.0.0.1:{shadow_port}"
-        self.job = _spawn(["stream", "--project", self.emulator.project, "--emulator-host", self.emulator.host_port,
+        self.job = spawn(["stream", "--project", self.emulator.project, "--emulator-host", self.emulator.host_port,
                            "--predictor", self.predictor_target, "--registry", str(self.registry),
                            "--snapshot-every-labels", str(self.snapshot_every_labels), *job_trust, *self.job_args],
                           self.workdir / "stream-job.log")
@@ -89,6 +90,6 @@ class LocalStack:
 
     def stop(self) -> None:
         for proc in (self.job, self.shadow, self.predictor):
-            _stop_process(proc)
+            stop_process(proc)
         if self.emulator is not None:
             self.emulator.stop()

@@ -19,7 +19,8 @@ import time
 
 import orjson
 
-from streaming.io.events import EventError, SCHEMA_TRANSACTION, parse, to_proto
+from streaming.io.events import EventError, SCHEMA_TRANSACTION, parse
+from streaming.io.encoding import to_proto
 
 
 def _lines(args) -> list[bytes]:

@@ -1,1 +1,3 @@
 """`streamscore up`: the local demo stack and its summary."""
+
+PROG = "streamscore up"

@@ -27,7 +27,8 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from streaming.io.events import DeadLetter, Label, Transaction, dead_letter_of_event
+from streaming.io.events import DeadLetter, Label, Transaction
+from streaming.io.encoding import dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.transaction import time_ns, transaction_features
 from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features

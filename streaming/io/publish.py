@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from streaming.io.datasets import DatasetError, iter_labels, iter_transactions, read_table
-from streaming.io.events import encode
+from streaming.io.encoding import encode
 from streaming.io.pubsub_local import DEFAULT_PROJECT, topic_path
 
 PROG = "streamscore publish"

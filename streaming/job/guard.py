@@ -32,7 +32,8 @@ import orjson
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
-from streaming.io.events import DeadLetter, Label, Transaction, dead_letter, dead_letter_of_event
+from streaming.io.events import DeadLetter, Label, Transaction
+from streaming.io.encoding import dead_letter, dead_letter_of_event
 
 DEAD_LETTER = "dead_letter"
 COUNTER = "guard_failures"

@@ -40,20 +40,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
-from streaming.io.events import (
-    DEFAULT_MAX_BYTES,
-    SCHEMA_ATTRIBUTE,
-    SCHEMA_LABEL,
-    SCHEMA_TRANSACTION,
-    EVENT_TIME_ATTRIBUTE,
-    DeadLetter,
-    EventError,
-    check_topic,
-    dead_letter,
-    encode_dead_letter,
-    format_time,
-    parse,
-)
+from streaming.io.events import DEFAULT_MAX_BYTES, SCHEMA_ATTRIBUTE, SCHEMA_LABEL, SCHEMA_TRANSACTION, EVENT_TIME_ATTRIBUTE, DeadLetter, EventError, check_topic, format_time, parse
+from streaming.io.encoding import dead_letter, encode_dead_letter
 from models.online import LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.job.guard import guarded

@@ -42,7 +42,8 @@ import numpy as np
 from protos.kserve.v2 import grpc_predict_v2_pb2 as kserve_pb
 from protos.kserve.v2 import grpc_predict_v2_pb2_grpc as kserve_grpc
 from protos.streamscore.v1 import scorer_pb2, scorer_pb2_grpc
-from streaming.io.events import Score, dead_letter_of_event, encode
+from streaming.io.events import Score
+from streaming.io.encoding import dead_letter_of_event, encode
 from streaming.features.spec import FeatureSpec
 from streaming.features.stream import FeaturedTransaction
 from streaming.job.guard import COUNTER as GUARD_COUNTER, element_dead_letter, failure_reason

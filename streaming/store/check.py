@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from streaming.io.events import Transaction, to_proto
+from streaming.io.events import Transaction
+from streaming.io.encoding import to_proto
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 
 

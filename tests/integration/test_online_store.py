@@ -20,7 +20,8 @@ import pytest
 from protos.streamscore.v1 import events_pb2, scorer_pb2, scorer_pb2_grpc
 from streaming.runner.testing import replay, with_labels
 from streaming.io.datasets import iter_transactions, read_table, reference_dir
-from streaming.io.events import Transaction, to_proto
+from streaming.io.events import Transaction
+from streaming.io.encoding import to_proto
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import StreamFeatures

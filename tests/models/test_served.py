@@ -9,7 +9,8 @@ import orjson
 
 from models.online import average_precision as independent_ap
 from models.served import ServedFigures
-from streaming.io.events import Score, encode
+from streaming.io.events import Score
+from streaming.io.encoding import encode
 
 
 def scores_topic(n: int = 600, seed: int = 3):

@@ -10,23 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.io.events import (
-    DEFAULT_MAX_BYTES,
-    SCHEMA_LABEL,
-    SCHEMA_TRANSACTION,
-    EventError,
-    Label,
-    Score,
-    Transaction,
-    dead_letter,
-    encode,
-    encode_dead_letter,
-    format_time,
-    from_proto,
-    parse,
-    parse_time,
-    to_proto,
-)
+from streaming.io.events import DEFAULT_MAX_BYTES, SCHEMA_LABEL, SCHEMA_TRANSACTION, EventError, Label, Score, Transaction, format_time, from_proto, parse, parse_time
+from streaming.io.encoding import dead_letter, encode, encode_dead_letter, to_proto
 
 T0 = datetime(2018, 4, 1, 0, 0, 31, tzinfo=UTC)
 TX_ATTRS = {"event_time": "2018-04-01T00:00:31Z", "schema": SCHEMA_TRANSACTION}
@@ -338,7 +323,8 @@ def test_time_full_match_and_unicode_digits():
 
 
 def test_dead_letters_of_unencodable_content_never_raise():
-    from streaming.io.events import DeadLetter, dead_letter_of_event
+    from streaming.io.events import DeadLetter
+    from streaming.io.encoding import dead_letter_of_event
 
     weird = Transaction("1", T0, "c", "t", 1.0, extra={"bad": "\ud800", "deep": [[[[[]]]]] * 1})
     dead = dead_letter_of_event(weird, "duplicate \ud800", "features")

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from loadtest.malformed import LABEL, TX, _attrs, _stages, _tx
 from streaming.runner.testing import replay
-from streaming.io.events import EventError, Label, Transaction, dead_letter, encode, encode_dead_letter, parse
+from streaming.io.events import EventError, Label, Transaction, parse
+from streaming.io.encoding import dead_letter, encode, encode_dead_letter
 
 FIELDS = ("transaction_id", "customer_id", "terminal_id", "amount", "event_time", "note")
 NASTY = ["1e308", "1" * 400, "NaN", "-Infinity", "-0.0", "100000000000.01", '"\\ud800"', '"\\udfff"', '"a\\u0000"',

@@ -10,7 +10,8 @@ import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from streaming.runner.testing import replay
-from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, DeadLetter, Label, Transaction, encode, parse
+from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, DeadLetter, Label, Transaction, parse
+from streaming.io.encoding import encode
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, StreamFeatures
 from streaming.features.windows import CustomerState, TerminalState

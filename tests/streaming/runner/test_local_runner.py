@@ -13,6 +13,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from streaming.runner import local as local_runner
+from streaming.runner import local_bundles
 from streaming.runner.testing import replay
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, TerminalFeaturesFn, TerminalStateFn
@@ -220,8 +221,8 @@ def test_memoised_function_arguments_equal_inspects_answer():
     args, defaults = core.get_function_args_defaults(fn.process)
     args.append("mutated")
     assert core.get_function_args_defaults(fn.process) == original(fn.process)  # callers get their own lists
-    assert local_runner.function_args_key(fn.process) == ("method", TimerFn.process)
-    assert local_runner.function_args_key(len) is None
+    assert local_bundles.function_args_key(fn.process) == ("method", TimerFn.process)
+    assert local_bundles.function_args_key(len) is None
 
 
 def test_state_copies_are_independent_and_equal_to_beams():
@@ -257,13 +258,13 @@ def test_pending_minimum_is_the_minimum_and_memoised_only_once_committed():
     from apache_beam.utils.timestamp import Timestamp
 
     bundle = _committed_bundle([5, 3, 3, 9])
-    assert local_runner.bundle_minimum(bundle) == (True, Timestamp(3))
+    assert local_bundles.bundle_minimum(bundle) == (True, Timestamp(3))
     assert bundle._streamscore_minimum == (True, Timestamp(3))
-    assert local_runner.bundle_minimum(_committed_bundle([])) == (False, WatermarkManager.WATERMARK_POS_INF)
+    assert local_bundles.bundle_minimum(_committed_bundle([])) == (False, WatermarkManager.WATERMARK_POS_INF)
     open_bundle = _committed_bundle([7], commit=False)
-    assert local_runner.bundle_minimum(open_bundle) == (True, Timestamp(7))
+    assert local_bundles.bundle_minimum(open_bundle) == (True, Timestamp(7))
     open_bundle.add(beam.transforms.window.GlobalWindows.windowed_value(0, timestamp=1))
-    assert local_runner.bundle_minimum(open_bundle) == (True, Timestamp(1))  # not memoised while it can change
+    assert local_bundles.bundle_minimum(open_bundle) == (True, Timestamp(1))  # not memoised while it can change
 
 
 @pytest.mark.parametrize("pending", [[], [[4, 2]], [[4, 2], [8], []]], ids=["none", "one", "several"])
@@ -314,7 +315,7 @@ def test_decoded_state_returns_the_written_object_and_still_checks_the_coder():
     value = {"n": [1]}
     state.write(value)
     assert state.read() is value and state.is_modified()
-    assert type(state._value[0]) is local_runner.DecodedValue  # what commit stores: no encoding per element
+    assert type(state._value[0]) is local_bundles.DecodedValue  # what commit stores: no encoding per element
     encoded = runtime(spec, [beam.coders.PickleCoder().encode({"n": [2]})])  # stored by an untuned runner
     assert encoded.read() == {"n": [2]}
     bad = runtime(ReadModifyWriteStateSpec("ints", VarIntCoder()), [])
