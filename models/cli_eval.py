@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from models.signing import add_trust_arguments
 from models.evaluation import HANDBOOK_RESULTS, PROTOCOLS, Split, feature_table_spec, read_feature_table
@@ -32,6 +33,7 @@ from models.training import (
     add_spec_argument,
     apply_tree_method,
     make_folds,
+    metrics_text,
     run_protocol,
 )
 
@@ -94,6 +96,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="also write an HTML report here")
     add_trust_arguments(parser, signs=False)
     args = parser.parse_args(argv)
+    started = time.monotonic()
 
     from models.report import write_report
 
@@ -125,7 +128,13 @@ def run(argv: list[str] | None = None) -> int:
     summary["segments"] = {family: {name: {m: row[m] for m in ("alert_rate", "precision")} for name, row in rows.items()}
                            for family, rows in result["segments"].items()}
     print(json.dumps(summary, indent=2))
+    what = f"--protocol {args.protocol}" if args.protocol else f"model {result['model']}"
+    wrote = [path for path in (args.json_out, args.report) if path]
+    print(f"streamscore evaluate: {what} on {len(table):,} rows from {args.features}, {len(folds)} test"
+          f" fold{'s' if len(folds) != 1 else ''}: {metrics_text(result)} (mean over the folds)"
+          f"{'; wrote ' + ', '.join(wrote) if wrote else ''} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
+
 
 
 if __name__ == "__main__":

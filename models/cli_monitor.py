@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 
 import pandas as pd
 
@@ -55,7 +56,7 @@ def run(argv: list[str] | None = None) -> int:
     start = args.start or (dt.date.fromisoformat(trained) + dt.timedelta(days=1) if trained else None)
     if start is None:
         raise ValueError(f"model {model.version} records no training period: pass --start")
-    live = LiveQuality(window_days=args.quality_days)
+    live, windows, alarms, started = LiveQuality(window_days=args.quality_days), 0, 0, time.monotonic()
     day, last = pd.Timestamp(start), table["TX_DATETIME"].max().normalize()
     while day <= last:
         end = day + pd.Timedelta(days=args.window_days)
@@ -66,7 +67,11 @@ def run(argv: list[str] | None = None) -> int:
             event = monitoring_event(reference.stability(rows, scores), thresholds, model_version=model.version,
                                      live=live.metrics(), at=str(day.date()))
             print(json.dumps(event, sort_keys=True), flush=True)
+            windows, alarms = windows + 1, alarms + (event["status"] == "alarm")
         day = end
+    print(f"streamscore monitor: model {model.version}, {windows} window{'s' if windows != 1 else ''} of"
+          f" {args.window_days} day(s) from {start} over {len(table):,} rows of {args.features}; {alarms} with a PSI"
+          f" alarm (> {args.psi_alarm:g}) ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
 

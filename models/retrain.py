@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,7 @@ def run(argv: list[str] | None = None) -> int:
 
     add_trust_arguments(parser, signs=True)  # the challenger is signed; the champion verified before it is read
     args = parser.parse_args(argv)
+    started = time.monotonic()
     keys = keys_or_exit(parser, args, signs=True)  # before training: a missing key must not cost a training run
     for name in ("train_days", "eval_days"):
         if getattr(args, name) < 1:
@@ -183,6 +185,13 @@ def run(argv: list[str] | None = None) -> int:
     summary = retrain(table, spec.names, spec.spec_hash, Registry.open(args.registry, keys=keys), config,
                       str(args.features))
     print(json.dumps(summary, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
+    champion = summary["champion"]
+    print(f"streamscore retrain: {len(table):,} rows from {args.features}; challenger {summary['version']}"
+          f" AP {summary['challenger']['average_precision']:.3f}"
+          f"{f' vs champion {champion_ap:.3f}' if (champion_ap := (champion or {}).get('average_precision')) is not None else ''}"
+          f" on {summary['window']['start']}..{summary['window']['end']} ({summary['window']['rows']:,} rows);"
+          f" {'promoted' if summary['promoted'] else 'not promoted'} ({summary['gate']})"
+          f" ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
 

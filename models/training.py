@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 
@@ -464,6 +465,7 @@ def run(argv: list[str] | None = None) -> int:
     add_trust_arguments(parser, signs=True)
     parser.add_argument("--report", help="also write an HTML report of the test period here")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     if args.valid_folds < 0:
         parser.error(f"--valid-folds must be >= 0, got {args.valid_folds}")
     keys = keys_or_exit(parser, args, signs=True)  # before training: a missing key must not cost a training run
@@ -493,7 +495,20 @@ def run(argv: list[str] | None = None) -> int:
     print(json.dumps({"version": version, "promoted": bool(args.promote), "params": result.params,
                       "validation": result.selection.best_scores if result.selection else None,
                       "test": result.test.metrics if result.test else None}, indent=2))
+    split = result.split.to_dict()
+    tested = (f"; test {split['test'][0]}..{split['test'][1]}: {metrics_text(result.test.metrics)}"
+              if result.test else "")
+    print(f"streamscore train: {len(table):,} rows from {args.features}, trained on {split['train'][0]}.."
+          f"{split['train'][1]}{tested}; registered {version}{' and promoted it' if args.promote else ''}"
+          f" in {args.registry}{f'; report {args.report}' if args.report else ''} ({time.monotonic() - started:.1f} s)",
+          file=sys.stderr)
     return 0
+
+
+def metrics_text(metrics: Mapping[str, float]) -> str:
+    """``AP 0.540, CP@100 0.013, AUC 0.760`` for a people-facing line (the JSON keeps every digit)."""
+    names = {"average_precision": "AP", "card_precision@100": "CP@100", "auc_roc": "AUC"}
+    return ", ".join(f"{short} {metrics[key]:.3f}" for key, short in names.items() if metrics.get(key) is not None)
 
 
 if __name__ == "__main__":

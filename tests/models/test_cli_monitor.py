@@ -22,7 +22,11 @@ def test_monitor_raises_the_alarm_from_the_shift_day_only(make_feature_table, tm
                      "--valid-folds", "0", "--registry", str(reg), "--promote", "--nthread", "1"]) == 0
     capsys.readouterr()
     assert cli.main(["monitor", "--features", str(path), "--registry", str(reg), "--window-days", "2"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    alarms = sum(e["status"] == "alarm" for e in events)
+    assert f", {len(events)} windows of 2 day(s) from 2018-06-08 over " in captured.err
+    assert f"; {alarms} with a PSI alarm (> 0.25)" in captured.err and alarms > 0
     assert [e["at"] for e in events][:2] == ["2018-06-08", "2018-06-10"]  # from the day after training
     before = [e for e in events if e["at"] < SHIFT_DAY]
     after = [e for e in events if e["at"] >= SHIFT_DAY]

@@ -41,7 +41,9 @@ def test_retrain_promotes_a_better_challenger_refuses_a_broken_one_and_audits_it
     reg = tmp_path / "reg"
     # 1. Before the drift, on an empty registry: the first model is promoted (it beats a random score).
     assert cli.main(_retrain(path, reg, "--as-of", "2018-06-21", "--reason", "bootstrap")) == 0
-    first = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert f"challenger {first['version']} AP " in captured.err and "; promoted (gate: PROMOTE" in captured.err
     registry = Registry.open(reg)
     assert first["promoted"] and registry.alias()["version"] == first["version"] and first["champion_model"] is None
     meta = registry.metadata(first["version"])

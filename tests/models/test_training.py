@@ -145,7 +145,13 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     assert training.run(["--features", str(features), "--train-start", "2018-07-25", "--grid", "default",
                          "--valid-folds", "0", "--registry", str(reg), "--promote", "--report", str(report),
                          "--nthread", "1", "--signing-key-file", str(tmp_path / "ring.json")]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # People get one line on stderr saying what it did: rows, window, version, where, how long.
+    said = captured.err.strip().splitlines()[-1]
+    assert said.startswith(f"streamscore train: {len(table):,} rows from {features}, trained on 2018-07-25..2018-07-31")
+    assert f"registered {out['version']} and promoted it in {reg}; report {report}" in said
+    assert f"AP {out['test']['average_precision']:.3f}" in said
     registry = Registry.open(reg, keys=ring.public())  # signed by the trainer's key
     assert registry.versions() == [out["version"]] and registry.alias()["version"] == out["version"]
     assert "report.html" in registry.metadata(out["version"])["files"] and report.read_text().startswith("<!DOCTYPE")
@@ -160,8 +166,11 @@ def test_train_and_evaluate_commands(table, tmp_path, capsys):
     assert cli_eval.run(["--features", str(features), "--model", "production", "--registry", str(reg),
                          "--json", str(json_out), "--report", str(tmp_path / "eval.html"),
                          "--signing-key-file", str(tmp_path / "verify.json")]) == 0
-    evaluated = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    evaluated = json.loads(captured.out)
     assert evaluated["model"] == out["version"]
+    assert f"streamscore evaluate: model {out['version']} on {len(table):,} rows" in captured.err
+    assert f"wrote {json_out}, {tmp_path / 'eval.html'}" in captured.err
     for metric, value in out["test"].items():
         assert evaluated[metric] == pytest.approx(value, abs=1e-6)
     assert json.loads(json_out.read_text())["split"]["test"] == ["2018-08-08", "2018-08-14"]
