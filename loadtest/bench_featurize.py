@@ -5,7 +5,7 @@
 Variants, each run file to file (read the transactions Parquet, compute the 15 features,
 write a features Parquet), every repeat in a fresh subprocess so each has its own RSS peak:
 
-* ``beam``   — our batch Beam job, :func:`streaming.features.batch.run` (FnApiRunner);
+* ``beam``   — our batch Beam job, :func:`streaming.features.featurize.run` (FnApiRunner);
 * ``frame``  — :func:`streaming.features.batch.featurize_frame` alone (same per-key numpy code);
 * ``peer``   — the Fraud Detection Handbook's reference implementation (chapter 3,
   "Baseline feature transformation"), reproduced below: ``is_weekend``/``is_night`` applied
@@ -107,7 +107,7 @@ def handbook_features(transactions_df):
 
 def _run_variant(variant: str, src: Path, out: Path) -> float:
     if variant == "beam":
-        from streaming.features.batch import run
+        from streaming.features.featurize import run
 
         t0 = time.perf_counter()
         run(["--input", str(src), "--out", str(out)])

@@ -33,7 +33,7 @@ from streaming.io.datasets import iter_transactions, read_table, reference_dir
 from streaming.io.encoding import to_proto
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC
 from streaming.features.transaction import time_ns
-from streaming.features.windows import CustomerState, TerminalState
+from streaming.features.state import CustomerState, TerminalState
 from streaming.store.encoding import encode_state
 from streaming.store.raw import raw_features
 from streaming.store.redis_server import RedisServer

@@ -17,7 +17,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("streaming.cli:run_simulate", "generate labelled card transactions (Parquet or JSON Lines)"),
     "publish": ("streaming.io.publish:run", "publish a dataset's transactions, and later its labels, to Pub/Sub"),
-    "featurize": ("streaming.features.batch:main", "batch Beam job: the streaming features, one row per transaction"),
+    "featurize": ("streaming.features.featurize:main", "batch Beam job: the streaming features, one row per transaction"),
     "stream": ("streaming.job.pipeline:run", "the Beam streaming job (runner flags pass through to Beam)"),
     "up": ("streaming.demo.up:run", "the local demo stack: emulator, streaming job, simulated traffic, summary"),
     "train": ("models.training:run", "train XGBoost on a feature table, model selection on validation folds only"),

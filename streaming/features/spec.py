@@ -6,7 +6,7 @@ A :class:`FeatureSpec` is the whole configuration of the 15 reference features
 
 * ``terminal_fraud_streak`` — per-terminal state, computed with the terminal features by
   :func:`~streaming.features.windows.terminal_features` and
-  :class:`~streaming.features.windows.TerminalState`;
+  :class:`~streaming.features.state.TerminalState`;
 * ``amount_ratios`` — *derived*: pure functions of the reference values of the same
   transaction, computed by :func:`~streaming.features.windows.derived_features`.
 

@@ -3,11 +3,11 @@
 Two keyed stateful stages run the pure per-key state of :mod:`streaming.features.windows`:
 
 1. keyed by customer — :class:`CustomerStateFn` adds the transaction to the customer's
-   :class:`~streaming.features.windows.CustomerState` and emits it with its customer features,
+   :class:`~streaming.features.state.CustomerState` and emits it with its customer features,
    re-keyed by terminal. Labels (the ``labels`` topic) pass through this stage unchanged, so
    labels and transactions reach the next stage along one path, in the order they came;
 2. keyed by terminal — :class:`TerminalStateFn` receives those transactions and labels, keeps a
-   :class:`~streaming.features.windows.TerminalState`, and emits the complete feature vector.
+   :class:`~streaming.features.state.TerminalState`, and emits the complete feature vector.
 
 Each transaction is emitted immediately (no waiting for a window to close), with features
 computed from its own event time. There are no event-time windows or timers, so replays of
@@ -31,7 +31,8 @@ from streaming.io.events import DeadLetter, Label, Transaction
 from streaming.io.encoding import dead_letter_of_event
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, FeatureSpec
 from streaming.features.transaction import time_ns, transaction_features
-from streaming.features.windows import CustomerState, LateEventError, TerminalState, derived_features
+from streaming.features.windows import LateEventError, derived_features
+from streaming.features.state import CustomerState, TerminalState
 from streaming.job.guard import guarded
 from streaming.job.labelled import FeatureStore
 from streaming.store.online import OnlineStoreWrites

@@ -17,7 +17,7 @@ stage's ``process`` is wrapped by :func:`guarded`:
 Stateful stages must not leave half-updated state behind: with the local runner's decoded
 state (:mod:`streaming.runner.local`, patch 8) the state object is changed in place, so a
 failure after a change would persist even though nothing is written. The state classes
-(:class:`~streaming.features.windows.CustomerState`, ``TerminalState``) therefore validate
+(:class:`~streaming.features.state.CustomerState`, ``TerminalState``) therefore validate
 everything before they change anything, and the DoFns compute what can fail before they
 call them.
 """

@@ -15,7 +15,7 @@ string: ``max event time (19 digits) | transactions held (10) | known frauds + p
 label raises the third part; pruning happens only when the latest event time moves on. So a
 stale or retried write (an equal or smaller version) never replaces newer state.
 
->>> from streaming.features.windows import CustomerState
+>>> from streaming.features.state import CustomerState
 >>> s = CustomerState()
 >>> _ = s.add("a", 5, 10.0)
 >>> value = encode_state(s, written_at_ms=1)
@@ -33,7 +33,7 @@ from array import array
 from dataclasses import dataclass
 
 from streaming.features.spec import FeatureSpec
-from streaming.features.windows import CustomerState, TerminalState
+from streaming.features.state import CustomerState, TerminalState
 
 MAGIC = b"ssk1"
 VERSION_DIGITS = 39

@@ -3,7 +3,7 @@
 Pure code (no Redis, no gRPC): given a parsed :class:`~streaming.io.events.Transaction` and the
 stored states of its card and terminal (or None: a new card / terminal), add the transaction
 to a decoded copy of each state and compute the features exactly as the streaming job does
-(:class:`~streaming.features.windows.CustomerState`, ``TerminalState``,
+(:class:`~streaming.features.state.CustomerState`, ``TerminalState``,
 :func:`~streaming.features.windows.derived_features`). The store is never written: the copy
 is thrown away, the transaction reaches the stream as an ordinary event.
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from streaming.io.events import Transaction
 from streaming.features.spec import DAY_NS, FeatureSpec
 from streaming.features.transaction import time_ns, transaction_features
-from streaming.features.windows import CustomerState, TerminalState, derived_features
+from streaming.features.windows import derived_features
+from streaming.features.state import CustomerState, TerminalState
 from streaming.store.encoding import StoredState
 
 

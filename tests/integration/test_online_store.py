@@ -222,7 +222,7 @@ def test_out_of_order_and_retried_writes_never_move_state_backwards(redis_server
            StreamFeatures(DEFAULT_SPEC, 7.0, online_store=redis_server.url))
     final = _final_states(redis_server.url, df)
     # a delayed retry of every earlier state of a card (as a restarted bundle would send it) changes nothing
-    from streaming.features.windows import CustomerState
+    from streaming.features.state import CustomerState
     config = StoreConfig(redis_server.url, DEFAULT_SPEC.spec_hash, ttl_ms(DEFAULT_SPEC, 7.0))
     writer = StoreWriter(config)
     card = txs[0].customer_id

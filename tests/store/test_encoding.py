@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, EXTENDED_SPEC
-from streaming.features.windows import CustomerState, TerminalState
+from streaming.features.state import CustomerState, TerminalState
 from streaming.store.encoding import StateDecodeError, decode_state, encode_state, state_version, version_of
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC, EXTENDED_SPEC
-from streaming.features.windows import CustomerState
+from streaming.features.state import CustomerState
 from streaming.store.encoding import encode_state, version_of
 from streaming.store.redis_store import (StoreConfig, StoreReader, StoreUnavailableError, StoreWriter, check_url,
                                          redact, ttl_ms)

@@ -8,10 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from streaming.io.datasets import DatasetError, read_table, write_table
-from streaming.features import batch
-from streaming.features.batch import featurize_frame, key_shards, run
+from streaming.features import batch, featurize
+from streaming.features.batch import featurize_frame, key_shards
+from streaming.features.featurize import run
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.features.windows import DAY_NS, CustomerState, TerminalState
+from streaming.features.windows import DAY_NS
+from streaming.features.state import CustomerState, TerminalState
 from streaming.sim.simulator import simulate
 
 
@@ -233,7 +235,7 @@ def test_missing_or_malformed_input_fails_before_the_pipeline(tmp_path, transact
     with pytest.raises(DatasetError, match="could not be read"):
         run(["--input", str(junk), "--out", str(tmp_path / "f.parquet")])
     with pytest.raises(SystemExit, match="streamscore featurize: error: input file .* does not exist"):
-        batch.main(["--input", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "f.parquet")])
+        featurize.main(["--input", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "f.parquet")])
 
 
 @pytest.mark.parametrize("flags", [["--windows", "1,x"], ["--windows", "7,1"], ["--delay-days", "-1"],
@@ -247,6 +249,6 @@ def test_bad_flags_exit_with_usage(tmp_path, transactions_file, flags, capsys):
 
 def test_featurize_command_says_what_it_wrote(tmp_path, transactions_file, transactions, capsys):
     out = tmp_path / "f.parquet"
-    assert batch.main(["--input", str(transactions_file), "--out", str(out)]) == 0
+    assert featurize.main(["--input", str(transactions_file), "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert said.startswith(f"wrote {len(transactions):,} rows x ") and str(out) in said and " s\n" in said

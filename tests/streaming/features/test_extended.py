@@ -25,18 +25,12 @@ from hypothesis import strategies as st
 from streaming.runner.testing import replay, with_labels
 from streaming.io.datasets import iter_transactions, read_table, reference_dir, write_table
 from streaming.io.events import Transaction
-from streaming.features import batch
+from streaming.features import batch, featurize
 from streaming.features.batch import featurize_frame
 from streaming.features.spec import DEFAULT_SPEC, EXTENDED_SPEC, SPECS, FeatureSpec
 from streaming.features.stream import StreamFeatures
-from streaming.features.windows import (
-    DAY_NS,
-    CustomerState,
-    LateEventError,
-    TerminalState,
-    derived_features,
-    terminal_features,
-)
+from streaming.features.windows import DAY_NS, LateEventError, derived_features, terminal_features
+from streaming.features.state import CustomerState, TerminalState
 from streaming.sim.simulator import simulate
 
 #: DEFAULT_SPEC's hash before derived features existed: adding them must not move it.
@@ -302,7 +296,7 @@ def test_incremental_replay_with_derived_features_equals_batch(transactions):
 def test_beam_job_with_spec_extended_writes_featurize_frame(tmp_path, transactions):
     src, out = tmp_path / "transactions.parquet", tmp_path / "features.parquet"
     write_table(transactions, src)
-    batch.run(["--input", str(src), "--out", str(out), "--spec", "extended", "--shard-rows", "500"])
+    featurize.run(["--input", str(src), "--out", str(out), "--spec", "extended", "--shard-rows", "500"])
     pd.testing.assert_frame_equal(pd.read_parquet(out), featurize_frame(read_table(src), EXTENDED_SPEC),
                                   check_exact=True)
     metadata = pq.read_schema(out).metadata

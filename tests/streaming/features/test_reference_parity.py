@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from streaming.io.datasets import read_table, reference_dir
-from streaming.features.batch import featurize_frame, run
+from streaming.features.batch import featurize_frame
+from streaming.features.featurize import run
 from streaming.features.spec import DEFAULT_SPEC
-from streaming.features.windows import CustomerState, TerminalState
+from streaming.features.state import CustomerState, TerminalState
 
 pytestmark = pytest.mark.reference
 

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 
 from streaming.features import windows
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.features.windows import (
-    DAY_NS, CustomerState, LateEventError, TerminalState, customer_features, terminal_features, time_features,
-)
+from streaming.features.windows import DAY_NS, LateEventError, customer_features, terminal_features, time_features
+from streaming.features.state import CustomerState, TerminalState
 
 HOUR = 3_600 * 10**9
 T0 = pd.Timestamp("2018-04-02 00:00:00").value  # a Monday, 00:00 UTC

@@ -14,7 +14,7 @@ from streaming.io.events import SCHEMA_LABEL, SCHEMA_TRANSACTION, DeadLetter, La
 from streaming.io.encoding import encode
 from streaming.features.spec import DEFAULT_SPEC
 from streaming.features.stream import CustomerStateFn, StreamFeatures
-from streaming.features.windows import CustomerState, TerminalState
+from streaming.features.state import CustomerState, TerminalState
 from streaming.job.guard import element_dead_letter, guarded
 from streaming.job.pipeline import ParsePubsubFn
 
