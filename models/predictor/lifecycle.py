@@ -311,11 +311,7 @@ class ModelWatcher:
             if self.alias == CHALLENGER and current is not None:
                 self._swap(None)
                 log.info("no shadow model any more (the challenger alias was cleared; was %s)", current.version)
-                self._count("unloaded")
-                if self.on_swap is not None:
-                    result = self.on_swap(None)
-                    if asyncio.iscoroutine(result):
-                        await result
+                await self._swapped(None, "unloaded")
                 return "unloaded"
             return "absent"
         if current is not None and current.version == version:
@@ -341,12 +337,16 @@ class ModelWatcher:
         kind = f"{model.backend.name} backend" if isinstance(model, Model) else f"{model.form.name} form"
         log.info("serving %sversion %s (%s), was %s", self._label, version, kind,
                  current.version if current else "nothing")
-        self._count("loaded")
-        if self.on_swap is not None:
-            result = self.on_swap(model)
-            if asyncio.iscoroutine(result):
-                await result
+        await self._swapped(model, "loaded")
         return "loaded"
+
+    async def _swapped(self, model: Model | OnlineModel | None, result: str) -> None:
+        """Count the swap and tell ``on_swap`` (None: the shadow was unloaded)."""
+        self._count(result)
+        if self.on_swap is not None:
+            done = self.on_swap(model)
+            if asyncio.iscoroutine(done):
+                await done
 
     def _remember(self, model: Model) -> None:
         """Keep the last few models so a rollback is instant (they are immutable)."""
