@@ -30,7 +30,7 @@ import sys
 import time
 
 from models.controller import Bounds, ControllerConfig, Decision, State, decide, live_evidence
-from models.controller_inputs import ExampleLogRows, ScoreLinesRows, ShadowLogReader, combined_rows
+from models.controller_inputs import ExampleLogRows, ScoreLinesRows, ShadowLogReader, combined_rows, known_labels
 from models.registry import CHALLENGER, Registry, RegistryError
 
 ACTOR = "streamscore controller"
@@ -77,10 +77,13 @@ def tick(registry: Registry, config: ControllerConfig, shadow_log: ShadowLogRead
     """One look at the registry and the evidence, one decision (applied unless ``dry_run``)."""
     state = registry_state(registry)
     shadow = live = None
+    needs_rows = sources and (state.watching is not None or config.shadow_min_labelled)
+    rows = combined_rows(sources) if needs_rows else None
     if state.challenger is not None and state.challenger != state.production and shadow_log is not None:
-        shadow = shadow_log.evidence(state.challenger, config.alert_threshold)
-    if state.watching is not None and sources:
-        live = live_evidence(combined_rows(sources), state.watching, config)
+        labels = known_labels(rows) if rows is not None and config.shadow_min_labelled else None
+        shadow = shadow_log.evidence(state.challenger, config.alert_threshold, labels)
+    if state.watching is not None and rows is not None:
+        live = live_evidence(rows, state.watching, config)
     decision = decide(state, config, shadow, live)
     applied = False if dry_run else apply(registry, decision, state)
     return {**decision.to_dict(), "applied": applied, "production": state.production, "challenger": state.challenger}
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON lines of score messages (a file, or a directory of *.jsonl); repeatable")
     p.add_argument("--shadow-events", type=int, default=10_000,
                    help="events the challenger must score in shadow before it is promoted (default 10000)")
+    p.add_argument("--shadow-min-labelled", type=int, default=0,
+                   help="also require this many shadow events with known labels (--labels-from / --scores-from) and "
+                        "the challenger's AP on them >= production's on the same minus --shadow-ap-margin (default 0: "
+                        "not compared)")
+    p.add_argument("--shadow-ap-margin", type=_share, default=0.0,
+                   help="how much lower the challenger's AP on the labelled shadow events may be (default 0)")
     p.add_argument("--alert-threshold", type=float, default=0.5, help="score above which an event is an alert (0.5)")
     p.add_argument("--min-ap", type=_share, help="roll back when the promoted model's live AP falls below this")
     p.add_argument("--min-cp100", type=_share, help="roll back when its live card precision@100 falls below this")
@@ -135,6 +144,7 @@ def run(argv: list[str] | None = None) -> int:
         config = ControllerConfig(
             shadow_events=args.shadow_events, alert_threshold=args.alert_threshold, min_scored=args.min_scored,
             min_labelled=args.min_labelled, window_days=args.window_days,
+            shadow_min_labelled=args.shadow_min_labelled, shadow_ap_margin=args.shadow_ap_margin,
             bounds=Bounds(args.min_ap, args.min_cp100, args.min_alert_rate, args.max_alert_rate))
     except ValueError as exc:
         parser.error(str(exc))

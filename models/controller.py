@@ -22,7 +22,10 @@ The states and their rules (one change at a time: a watch ends before a challeng
 ``shadow`` — the ``challenger`` alias names a version other than production's:
 
 * fewer than ``shadow_events`` events scored in shadow → ``wait``;
-* then its alert rate in shadow outside the alert-rate bounds → ``retire`` (the alias is
+* with ``shadow_min_labelled``: fewer shadowed events whose label is known → ``wait``; then
+  the challenger's AP on them below production's AP on the same events minus
+  ``shadow_ap_margin`` → ``retire`` (a paired comparison on the traffic both scored);
+* its alert rate in shadow outside the alert-rate bounds → ``retire`` (the alias is
   cleared: it would flood or starve the investigators), else ``promote`` (production → the
   challenger, the challenger alias cleared; the watch starts).
 
@@ -100,12 +103,18 @@ class ControllerConfig:
     min_scored: int = 1_000
     min_labelled: int = 1_000
     window_days: int = 7
+    shadow_min_labelled: int = 0  # 0: the shadow's quality is not compared
+    shadow_ap_margin: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("shadow_events", "min_scored", "min_labelled", "window_days"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.shadow_min_labelled, bool) or not isinstance(self.shadow_min_labelled, int) \
+                or self.shadow_min_labelled < 0:
+            raise ValueError(f"shadow_min_labelled must be an integer >= 0, got {self.shadow_min_labelled!r}")
+        _check_share("shadow_ap_margin", self.shadow_ap_margin)
         if not 0.0 < self.alert_threshold < 1.0:
             raise ValueError(f"alert_threshold must be in (0, 1), got {self.alert_threshold!r}")
 
@@ -122,11 +131,16 @@ class State:
 
 @dataclasses.dataclass(frozen=True)
 class ShadowEvidence:
-    """What the challenger ``version`` did in shadow: events scored, and its alerts among them."""
+    """What the challenger ``version`` did in shadow: events scored, and its alerts among them;
+    of those events, how many have a known label, and both models' AP on them (``None``
+    until they hold both classes)."""
 
     version: str
     events: int
     alerts: int
+    labelled: int = 0
+    shadow_ap: float | None = None
+    production_ap: float | None = None
 
     @property
     def alert_rate(self) -> float:
@@ -223,8 +237,18 @@ def decide(state: State, config: ControllerConfig, shadow: ShadowEvidence | None
         if events < config.shadow_events:
             return Decision("wait", version, f"{version} in shadow: {events}/{config.shadow_events} events")
         metrics = {"shadow": {"events": shadow.events, "alerts": shadow.alerts,
-                              "alert_rate": _round(shadow.alert_rate)},
+                              "alert_rate": _round(shadow.alert_rate), "labelled": shadow.labelled,
+                              "average_precision": _round(shadow.shadow_ap),
+                              "production_average_precision": _round(shadow.production_ap)},
                    "bounds": dataclasses.asdict(bounds), "from": state.production}
+        if config.shadow_min_labelled:
+            if shadow.labelled < config.shadow_min_labelled or shadow.shadow_ap is None:
+                return Decision("wait", version, f"{version} in shadow: {shadow.labelled}/"
+                                f"{config.shadow_min_labelled} labelled shadow events", metrics)
+            if shadow.shadow_ap < shadow.production_ap - config.shadow_ap_margin:
+                return Decision("retire", version, f"{version} in shadow: AP {shadow.shadow_ap:.4f} on "
+                                f"{shadow.labelled} labelled shadow events, production {shadow.production_ap:.4f} "
+                                f"on the same (margin {config.shadow_ap_margin:g}); not promoted", metrics)
         broken = bounds.alert_rate_violation(shadow.alert_rate)
         if broken:
             return Decision("retire", version, f"{version} in shadow: {broken} over {shadow.events} events; "

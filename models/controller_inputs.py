@@ -5,8 +5,9 @@ Two small interfaces, so the controller does not care where the evidence comes f
 * :class:`ShadowLogReader` — the predictor's shadow log (``serve --shadow-log DIR``: JSON lines
   ``shadow-HOST-PID.jsonl`` and their rotated ``.jsonl.1``, every replica's files in DIR):
   :meth:`~ShadowLogReader.evidence` counts one challenger version's events and its alerts at
-  the controller's threshold. A rotated-away file's lines are no longer counted: a lower
-  bound, so a promotion can come later, never earlier.
+  the controller's threshold, and, given the labels known so far (by transaction id), both
+  models' AP on the labelled shadow events. A rotated-away file's lines are no longer
+  counted: a lower bound, so a promotion can come later, never earlier.
 * :class:`ScoredRows` — anything with ``rows()`` giving one row per scored transaction with the
   columns :data:`COLUMNS` (``TX_FRAUD`` 1/0 once labelled, NaN before). Implemented by
   :class:`ExampleLogRows` (the streaming job's labelled-example log, ``stream --example-log DIR``:
@@ -21,7 +22,7 @@ Two small interfaces, so the controller does not care where the evidence comes f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from models.controller import ShadowEvidence
+from models.evaluation import average_precision
 from models.predictor.shadow import LOG_PREFIX
 
 COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "score", "model_version", "TX_FRAUD")
@@ -57,15 +59,23 @@ class ShadowLogReader:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def evidence(self, version: str, alert_threshold: float) -> ShadowEvidence:
+    def evidence(self, version: str, alert_threshold: float, labels: Mapping[str, float] | None = None) -> ShadowEvidence:
         if not self.directory.is_dir():
             raise FileNotFoundError(f"shadow log {str(self.directory)!r} is not a directory (serve --shadow-log DIR)")
         events = alerts = 0
+        labelled: list[tuple[float, float, float]] = []  # (label, shadow score, production score)
         for line in _lines(sorted(self.directory.glob(f"{LOG_PREFIX}*.jsonl*")), "shadow log"):
             if line.get("shadow_version") == version:
                 events += 1
                 alerts += line["shadow_score"] > alert_threshold
-        return ShadowEvidence(version, events, alerts)
+                label = labels.get(line["transaction_id"]) if labels else None
+                if label is not None:
+                    labelled.append((label, line["shadow_score"], line["production_score"]))
+        y, shadow, production = (np.array(c, dtype=np.float64) for c in zip(*labelled)) if labelled else ([],) * 3
+        both = len(labelled) and 0 < np.sum(y) < len(y)
+        return ShadowEvidence(version, events, alerts, len(labelled),
+                              average_precision(y, shadow) if both else None,
+                              average_precision(y, production) if both else None)
 
 
 class ExampleLogRows:
@@ -119,6 +129,12 @@ def _empty() -> pd.DataFrame:
     return pd.DataFrame({"TRANSACTION_ID": pd.Series(dtype=object), "TX_DATETIME": pd.Series(dtype="datetime64[ns]"),
                          "CUSTOMER_ID": pd.Series(dtype=object), "score": pd.Series(dtype=np.float64),
                          "model_version": pd.Series(dtype=object), "TX_FRAUD": pd.Series(dtype=np.float64)})
+
+
+def known_labels(rows: pd.DataFrame) -> dict[str, float]:
+    """Transaction id → label, for the rows whose label is known."""
+    labelled = rows[rows["TX_FRAUD"].notna()]
+    return dict(zip(labelled["TRANSACTION_ID"].astype(str), labelled["TX_FRAUD"].astype(float)))
 
 
 def combined_rows(sources: Iterable[ScoredRows]) -> pd.DataFrame:

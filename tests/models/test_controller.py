@@ -37,8 +37,18 @@ def test_shadow_then_promote_after_n_events():
     assert decide(state, CONFIG, ShadowEvidence("v9", 1000, 1)).action == "wait"  # another version's events
     decision = decide(state, CONFIG, ShadowEvidence("v2", 100, 3))
     assert (decision.action, decision.version) == ("promote", "v2")
-    assert decision.metrics["shadow"] == {"events": 100, "alerts": 3, "alert_rate": 0.03}
+    assert {k: decision.metrics["shadow"][k] for k in ("events", "alerts", "alert_rate")} == \
+        {"events": 100, "alerts": 3, "alert_rate": 0.03}
     assert "100 events in shadow" in decision.reason
+
+
+def test_with_labelled_shadow_events_the_challenger_must_not_be_worse_on_them():
+    config = ControllerConfig(shadow_events=100, shadow_min_labelled=50, shadow_ap_margin=0.05)
+    state = State("v1", "v2", None)
+    assert decide(state, config, ShadowEvidence("v2", 200, 3, labelled=20)).action == "wait"
+    assert decide(state, config, ShadowEvidence("v2", 200, 3, 80, shadow_ap=0.58, production_ap=0.6)).action == "promote"
+    worse = decide(state, config, ShadowEvidence("v2", 200, 3, 80, shadow_ap=0.5, production_ap=0.6))
+    assert worse.action == "retire" and "AP 0.5000 on 80 labelled shadow events, production 0.6000" in worse.reason
 
 
 def test_a_challenger_alerting_out_of_bounds_in_shadow_is_retired_not_promoted():
@@ -220,6 +230,39 @@ def test_a_promoted_model_that_keeps_its_bounds_is_confirmed(registry_with_chall
     assert registry.alias()["version"] == challenger
     assert [e["action"] for e in registry.events(challenger)][-2:] == ["promote", "confirm"]
     assert _controller(capsys, reg, *flags)["action"] == "wait"  # confirmed: no longer watched
+
+
+def test_labelled_shadow_events_compare_both_models_on_the_same_traffic(registry_with_challenger, tmp_path, capsys):
+    table, reg, registry, first, challenger = registry_with_challenger
+    shadow_dir, labels = tmp_path / "shadow", tmp_path / "example-log"
+    _shadow_log(registry, table, challenger, first, shadow_dir, 1000)
+    labels.mkdir()
+    flags = ["--shadow-log", str(shadow_dir), "--shadow-events", "500", "--labels-from", str(labels),
+             "--shadow-min-labelled", "500"]
+    waiting = _controller(capsys, reg, *flags)
+    assert waiting["action"] == "wait" and "0/500 labelled shadow events" in waiting["reason"]
+    # The labels of the shadowed (post-drift) transactions arrive: the challenger, trained after the drift,
+    # is better than production on them, and is promoted with both APs as evidence.
+    _example_log(labels, table, first, np.zeros(1000))
+    promoted = _controller(capsys, reg, *flags)
+    shadow = promoted["metrics"]["shadow"]
+    assert promoted["action"] == "promote" and shadow["labelled"] == 1000
+    assert shadow["average_precision"] > shadow["production_average_precision"]
+
+
+def test_a_challenger_worse_on_the_labelled_shadow_events_is_retired(registry_with_challenger, tmp_path, capsys):
+    table, reg, registry, first, challenger = registry_with_challenger
+    shadow_dir, labels = tmp_path / "shadow", tmp_path / "example-log"
+    _shadow_log(registry, table, first, challenger, shadow_dir, 1000)  # roles swapped: the old model in shadow
+    registry.promote(challenger)
+    registry.promote(first, CHALLENGER)
+    labels.mkdir()
+    _example_log(labels, table, challenger, np.zeros(1000))
+    retired = _controller(capsys, reg, "--shadow-log", str(shadow_dir), "--shadow-events", "500", "--labels-from",
+                          str(labels), "--shadow-min-labelled", "500")
+    assert retired["action"] == "retire" and "not promoted" in retired["reason"]
+    assert registry.alias()["version"] == challenger and registry.alias(CHALLENGER)["version"] is None
+    assert registry.events(first)[-1]["action"] == "retire"
 
 
 def test_dry_run_changes_nothing_and_flags_are_checked(registry_with_challenger, tmp_path, capsys):
