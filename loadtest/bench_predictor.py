@@ -117,8 +117,42 @@ def in_process_floor(model_path: Path, n: int = 20_000) -> dict:
     return out
 
 
-def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
-    """Scorer.Score's servicer (message in, message out, metrics) called directly: no gRPC."""
+def shadow_floor(model_path: Path, shadow_path: Path, log_dir: Path, repeat: int = 5) -> dict:
+    """The shadow's cost in process (native backend, no gRPC; less noisy than the servers on a
+    shared machine): Score's servicer p50 (the response path) and the µs per request of the
+    whole loop (responses plus the shadow's batched scoring and log), ScoreStream's µs per
+    message, each without and with the shadow; medians of ``repeat`` runs."""
+    import xgboost as xgb
+
+    from models.predictor.core import Model, Scorer
+    from models.predictor.shadow import ShadowScorer, ShadowSettings
+
+    rows = feature_pool(1024, seed=1)
+    out: dict[str, dict] = {"without": {}, "with": {}}
+    for case in out:
+        scorer = Scorer()
+        scorer.swap(Model.from_booster(xgb.Booster(model_file=str(model_path)), "floor", scorer.feature_names,
+                                       backend="native"))
+        if case == "with":
+            scorer.shadow = ShadowScorer(len(scorer.feature_names), ShadowSettings(log_dir=log_dir))
+            scorer.shadow.swap(Model.from_booster(xgb.Booster(model_file=str(shadow_path)), "shadow",
+                                                  scorer.feature_names, backend="native"))
+        runs = [_servicer_floor(scorer, rows, total=True) for _ in range(repeat)]
+        out[case] = {"servicer_p50_us": statistics.median(r[0] for r in runs),
+                     "per_request_us": statistics.median(r[1] for r in runs),
+                     "stream_us": statistics.median(_stream_servicer_floor(scorer, rows, repeat=1) for _ in range(repeat))}
+        if scorer.shadow is not None:
+            out[case]["shadow_events"] = sum(scorer.shadow.stats.events.values())
+            out[case]["shadow_dropped"] = scorer.shadow.stats.dropped
+            scorer.shadow.close()
+        scorer.close()
+    return out
+
+
+def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000, total: bool = False):
+    """Scorer.Score's servicer (message in, message out, metrics) called directly: no gRPC.
+    p50 µs per call; with ``total``, also the µs per request of the whole loop, which yields to
+    the event loop after every request (as a server does), so timers and callbacks run too."""
     import asyncio
 
     from models.predictor.metrics import Telemetry
@@ -133,14 +167,19 @@ def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
     requests = [scorer_pb2.ScoreRequest(transaction_id=f"t{i}", features=scorer_pb2.FeatureVector(values=r))
                 for i, r in enumerate(rows)]
 
-    async def main() -> float:
+    async def main():
         lat = []
+        start = time.perf_counter()
         for i in range(n):
             t0 = time.perf_counter()
             await service.Score(requests[i % len(requests)], context)
             lat.append(time.perf_counter() - t0)
+            if total:
+                await asyncio.sleep(0)
+        elapsed = time.perf_counter() - start
+        await asyncio.sleep(0.02)  # the shadow's last batch
         lat.sort()
-        return percentile(lat, 50) * 1e6
+        return (percentile(lat, 50) * 1e6, elapsed / n * 1e6) if total else percentile(lat, 50) * 1e6
 
     return asyncio.run(main())
 
@@ -376,9 +415,20 @@ def scenarios(concurrency: int, xgboost: bool = False, shadow: bool = False) -> 
     ] if shadow else [])
 
 
-def shadow_cost(medians: dict) -> str:
+def shadow_cost(medians: dict, floor: dict | None = None) -> str:
     """The shadow's cost per scenario: our server with a shadow over the same server without one."""
-    lines = ["shadow cost (ours-shadow / ours, same run; > 1 = the shadow costs that much more):"]
+    lines = []
+    if floor:
+        a, b = floor["without"], floor["with"]
+        lines += ["shadow cost in process (native backend, no gRPC, medians; without -> with the shadow):",
+                  f"  Score servicer p50 (the response path) {a['servicer_p50_us']:.2f} -> {b['servicer_p50_us']:.2f} us "
+                  f"({b['servicer_p50_us'] / a['servicer_p50_us']:.2f}x)",
+                  f"  per request, shadow scoring and log included {a['per_request_us']:.2f} -> {b['per_request_us']:.2f} us "
+                  f"({b['per_request_us'] - a['per_request_us']:+.2f} us)",
+                  f"  ScoreStream per message {a['stream_us']:.2f} -> {b['stream_us']:.2f} us "
+                  f"({b['stream_us'] - a['stream_us']:+.2f} us); shadow events {b.get('shadow_events')}, "
+                  f"dropped {b.get('shadow_dropped')}"]
+    lines.append("shadow cost (ours-shadow / ours, same run; > 1 = the shadow costs that much more):")
     for (name, server), m in medians.items():
         base = medians.get((name, "ours"))
         if server != "ours-shadow" or base is None:
@@ -475,6 +525,7 @@ def run(argv: list[str] | None = None) -> int:
             _train(model, args.rounds, args.depth)
             print(f"trained a model: {args.rounds} trees of depth {args.depth}, 15 features")
         floor = in_process_floor(model)
+        shadow_in_process = None
         peer = not args.skip_peer and (args.bench_venv / "bin" / "mlserver").exists()
         if not args.skip_peer and not peer:
             print(f"MLServer peer skipped: {args.bench_venv}/bin/mlserver not found "
@@ -483,6 +534,8 @@ def run(argv: list[str] | None = None) -> int:
         if args.shadow and shadow_model is None:
             shadow_model = tmp / "shadow.json"
             _train(shadow_model, args.rounds, args.depth, seed=1)
+        if args.shadow:
+            shadow_in_process = shadow_floor(model, shadow_model, tmp / "shadow-floor-log")
         plan = [s for s in scenarios(args.concurrency, args.xgboost_backend, args.shadow) if peer or s[1] != "mlserver"]
         results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
         with contextlib.ExitStack() as stack:
@@ -525,12 +578,12 @@ def run(argv: list[str] | None = None) -> int:
           f"load average {load_start:.1f} at the start, {loadavg():.1f} at the end:")
     print(format_table(medians, args.concurrency, floor))
     if args.shadow:
-        print(shadow_cost(medians))
+        print(shadow_cost(medians, shadow_in_process))
     print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "
           f"throughput at C={args.concurrency}")
     if args.json:
         args.json.write_text(json.dumps({
-            "floor": floor, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
+            "floor": floor, "shadow_floor": shadow_in_process, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
             "runs": {f"{n} | {s}": runs for (n, s), runs in results.items()}}, indent=2, default=str))
     return 0
 

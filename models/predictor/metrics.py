@@ -72,6 +72,16 @@ class FastHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: Prometheus "le"
         self.sum += value
 
+    def observe_many(self, values) -> None:
+        """Observe every value of a float array at once (numpy: the shadow's batches)."""
+        import numpy as np
+
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        for i in np.flatnonzero(counts).tolist():
+            self.counts[i] += int(counts[i])
+        self.sum += float(values.sum())
+
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, as exposed."""
         counts, out, total = list(self.counts), [], 0

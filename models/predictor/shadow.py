@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import socket
@@ -44,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from models.predictor.core import Model
 
@@ -110,14 +110,14 @@ class ShadowLog:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{LOG_PREFIX}{socket.gethostname()}-{os.getpid()}.jsonl"
         self.max_bytes = max_bytes
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
         self._size = self._file.tell()
 
-    def write(self, lines: str) -> None:
+    def write(self, lines: bytes) -> None:
         if self._size + len(lines) > self.max_bytes and self._size:
             self._file.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "ab")
             self._size = 0
         self._file.write(lines)
         self._file.flush()  # readers (the controller) see whole lines only
@@ -203,27 +203,25 @@ class ShadowScorer:
 
     def _record(self, batch, shadow: np.ndarray, shadow_version: str) -> None:
         stats, threshold = self.stats, self.settings.alert_threshold
-        shadow_hist = stats.histogram("shadow", shadow_version)
-        alerts = disagreements = 0
-        production_hists: dict[str, object] = {}
-        for (_, _, score, version), s in zip(batch, shadow.tolist()):
-            hist = production_hists.get(version)
-            if hist is None:
-                hist = production_hists[version] = stats.histogram("production", version)
-            hist.observe(score)
-            shadow_hist.observe(s)
-            alert = s > threshold
-            alerts += alert
-            disagreements += alert != (score > threshold)
+        production = np.fromiter((item[2] for item in batch), np.float64, count=len(batch))
+        versions = {item[3] for item in batch}
+        if len(versions) == 1:  # the usual case: one production version per batch
+            stats.histogram("production", versions.pop()).observe_many(production)
+        else:  # production was swapped while events were queued
+            for version in versions:
+                mine = np.fromiter((item[3] == version for item in batch), bool, count=len(batch))
+                stats.histogram("production", version).observe_many(production[mine])
+        stats.histogram("shadow", shadow_version).observe_many(shadow)
+        alert = shadow > threshold
         stats.events[shadow_version] = stats.events.get(shadow_version, 0) + len(batch)
-        stats.alerts[shadow_version] = stats.alerts.get(shadow_version, 0) + alerts
-        stats.disagreements[shadow_version] = stats.disagreements.get(shadow_version, 0) + disagreements
+        stats.alerts[shadow_version] = stats.alerts.get(shadow_version, 0) + int(alert.sum())
+        stats.disagreements[shadow_version] = (stats.disagreements.get(shadow_version, 0)
+                                               + int((alert != (production > threshold)).sum()))
         if self._log is not None:
-            at = round(self.clock(), 3)
-            version_json = json.dumps(shadow_version)
-            self._log.write("".join(
-                f'{{"at": {at}, "transaction_id": {json.dumps(tid)}, "production_version": {json.dumps(version)}, '
-                f'"production_score": {score!r}, "shadow_version": {version_json}, "shadow_score": {s!r}}}\n'
+            at, dumps, newline = round(self.clock(), 3), orjson.dumps, orjson.OPT_APPEND_NEWLINE
+            self._log.write(b"".join(
+                dumps({"at": at, "transaction_id": tid, "production_version": version, "production_score": score,
+                       "shadow_version": shadow_version, "shadow_score": s}, option=newline)
                 for (_, tid, score, version), s in zip(batch, shadow.tolist())))
 
     def close(self) -> None:
