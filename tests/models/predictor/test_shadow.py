@@ -206,3 +206,52 @@ def test_no_shadow_flag_and_a_shadow_model_file(tmp_path, booster):
     args = build_parser().parse_args(["--model-file", str(model), "--shadow-alert-threshold", "2"])
     with pytest.raises(ValueError, match="alert_threshold must be in"):
         settings_from_args(args)
+
+
+@pytest.mark.integration
+def test_the_controller_promotes_the_shadow_into_a_live_predictor_and_rolls_it_back(serve, shadow_registry, tmp_path):
+    """The predictor's shadow log drives the controller; its alias moves are hot-reloaded by the predictor."""
+    import pandas as pd
+
+    from models.cli_controller import tick
+    from models.controller import Bounds, ControllerConfig
+    from models.controller_inputs import ExampleLogRows, ShadowLogReader
+
+    registry, v1, v2 = shadow_registry
+    log_dir, example_log = tmp_path / "shadow-log", tmp_path / "example-log"
+    server = serve(registry=str(tmp_path / "registry"), allow_unsigned=True, poll_interval=0.05,
+                   shadow_settings=ShadowSettings(log_dir=log_dir))
+    scorer = server.server.scorer
+    _wait(lambda: scorer.ready and scorer.shadow.model is not None, "both models")
+    client = scorer_pb2_grpc.ScorerStub(grpc.insecure_channel(server.target))
+    X, y = synthetic(300, seed=11)
+    config = ControllerConfig(shadow_events=200, min_scored=100, min_labelled=100,
+                              bounds=Bounds(min_average_precision=0.5))
+
+    def score(i):
+        return client.Score(scorer_pb2.ScoreRequest(transaction_id=f"t-{i}",
+                                                    features=scorer_pb2.FeatureVector(values=X[i])))
+
+    assert {score(i).model_version for i in range(150)} == {v1}
+    _wait(lambda: scorer.shadow.stats.events.get(v2, 0) == 150, "150 shadow events")
+    assert tick(registry, config, ShadowLogReader(log_dir), [])["action"] == "wait"
+    assert {score(i).model_version for i in range(150, 300)} == {v1}
+    _wait(lambda: scorer.shadow.stats.events.get(v2, 0) == 300, "300 shadow events")
+    assert tick(registry, config, ShadowLogReader(log_dir), [])["action"] == "promote"
+    _wait(lambda: scorer.model.version == v2 and scorer.shadow.model is None, "the promotion hot-reloaded")
+    served = [score(i) for i in range(300)]
+    assert {r.model_version for r in served} == {v2}
+
+    # The labels of what v2 served arrive and v2's scores carry no information about them (the injected drop).
+    day = example_log / "day=2018-07-01"
+    day.mkdir(parents=True)
+    pd.DataFrame({"TRANSACTION_ID": [f"t-{i}" for i in range(300)],
+                  "TX_DATETIME": pd.Timestamp("2018-07-01") + pd.to_timedelta(np.arange(300), unit="min"),
+                  "CUSTOMER_ID": [f"c-{i % 40}" for i in range(300)], "TX_FRAUD": y, "label_status": "confirmed",
+                  "score": np.random.default_rng(0).permutation([r.score for r in served]),
+                  "model_version": v2}).to_parquet(day / "part-0.parquet")
+    outcome = tick(registry, config, ShadowLogReader(log_dir), [ExampleLogRows(example_log)])
+    assert outcome["action"] == "rollback" and outcome["applied"]
+    _wait(lambda: scorer.model.version == v1, "the rollback hot-reloaded")
+    assert score(0).model_version == v1
+    assert [e["action"] for e in registry.events(v2) if e["actor"] == "streamscore controller"] == ["promote", "rollback"]
