@@ -19,6 +19,11 @@
    machine throughput follows their summed CPU per request), and the 1-minute load average
    at the end of each run. Numbers only: no pass/fail (the targets are printed alongside).
 
+``--shadow`` also runs our server with a second model scored in shadow (``--shadow-model-file``,
+a model trained here with another seed, or ``--shadow-model FILE``) through the same unary,
+stream and KServe scenarios, and prints the shadow's cost: its latency and CPU per request as
+ratios to our server without a shadow, measured in the same run.
+
 ``--profile-server FILE`` runs our server under cProfile (to find hot spots; it slows the server).
 
 Every run's client is a fresh process (``loadtest.grpc_loadgen`` with the run's spec), so each
@@ -112,8 +117,42 @@ def in_process_floor(model_path: Path, n: int = 20_000) -> dict:
     return out
 
 
-def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
-    """Scorer.Score's servicer (message in, message out, metrics) called directly: no gRPC."""
+def shadow_floor(model_path: Path, shadow_path: Path, log_dir: Path, repeat: int = 5) -> dict:
+    """The shadow's cost in process (native backend, no gRPC; less noisy than the servers on a
+    shared machine): Score's servicer p50 (the response path) and the µs per request of the
+    whole loop (responses plus the shadow's batched scoring and log), ScoreStream's µs per
+    message, each without and with the shadow; medians of ``repeat`` runs."""
+    import xgboost as xgb
+
+    from models.predictor.core import Model, Scorer
+    from models.predictor.shadow import ShadowScorer, ShadowSettings
+
+    rows = feature_pool(1024, seed=1)
+    out: dict[str, dict] = {"without": {}, "with": {}}
+    for case in out:
+        scorer = Scorer()
+        scorer.swap(Model.from_booster(xgb.Booster(model_file=str(model_path)), "floor", scorer.feature_names,
+                                       backend="native"))
+        if case == "with":
+            scorer.shadow = ShadowScorer(len(scorer.feature_names), ShadowSettings(log_dir=log_dir))
+            scorer.shadow.swap(Model.from_booster(xgb.Booster(model_file=str(shadow_path)), "shadow",
+                                                  scorer.feature_names, backend="native"))
+        runs = [_servicer_floor(scorer, rows, total=True) for _ in range(repeat)]
+        out[case] = {"servicer_p50_us": statistics.median(r[0] for r in runs),
+                     "per_request_us": statistics.median(r[1] for r in runs),
+                     "stream_us": statistics.median(_stream_servicer_floor(scorer, rows, repeat=1) for _ in range(repeat))}
+        if scorer.shadow is not None:
+            out[case]["shadow_events"] = sum(scorer.shadow.stats.events.values())
+            out[case]["shadow_dropped"] = scorer.shadow.stats.dropped
+            scorer.shadow.close()
+        scorer.close()
+    return out
+
+
+def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000, total: bool = False):
+    """Scorer.Score's servicer (message in, message out, metrics) called directly: no gRPC.
+    p50 µs per call; with ``total``, also the µs per request of the whole loop, which yields to
+    the event loop after every request (as a server does), so timers and callbacks run too."""
     import asyncio
 
     from models.predictor.metrics import Telemetry
@@ -128,14 +167,19 @@ def _servicer_floor(scorer, rows: np.ndarray, n: int = 10_000) -> float:
     requests = [scorer_pb2.ScoreRequest(transaction_id=f"t{i}", features=scorer_pb2.FeatureVector(values=r))
                 for i, r in enumerate(rows)]
 
-    async def main() -> float:
+    async def main():
         lat = []
+        start = time.perf_counter()
         for i in range(n):
             t0 = time.perf_counter()
             await service.Score(requests[i % len(requests)], context)
             lat.append(time.perf_counter() - t0)
+            if total:
+                await asyncio.sleep(0)
+        elapsed = time.perf_counter() - start
+        await asyncio.sleep(0.02)  # the shadow's last batch
         lat.sort()
-        return percentile(lat, 50) * 1e6
+        return (percentile(lat, 50) * 1e6, elapsed / n * 1e6) if total else percentile(lat, 50) * 1e6
 
     return asyncio.run(main())
 
@@ -203,6 +247,20 @@ def _wait_ready(target: str, model: str, proc: subprocess.Popen, timeout: float 
                     return
             time.sleep(0.2)
     raise RuntimeError(f"{target} not ready after {timeout:.0f} s")
+
+
+def _wait_metric(url: str, needle: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {needle!r} appeared")
+        with contextlib.suppress(OSError):
+            if needle in urllib.request.urlopen(url, timeout=2).read().decode():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{needle!r} never appeared at {url}")
 
 
 def loadavg() -> float:
@@ -287,6 +345,8 @@ def our_server(model_path: Path, log_dir: Path, extra: list[str] = (), name: str
         _wait_ready(f"127.0.0.1:{port}", "production", proc)
         running = Running(f"127.0.0.1:{port}", proc.pid)
         running.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        if "--shadow-model-file" in extra:  # measure with the shadow loaded, not before it is
+            _wait_metric(running.metrics, "streamscore_predictor_shadow_model_info{", proc)
         yield running
     finally:
         proc.terminate()
@@ -329,8 +389,9 @@ def mlserver(model_path: Path, log_dir: Path, venv: Path, grpc_io: str = "event-
 # --------------------------------------------------------------------------- scenarios
 
 
-def scenarios(concurrency: int, xgboost: bool = False) -> list[tuple[str, str, dict]]:
-    """(name, server, LoadSpec fields). Server "ours", "ours-xgb" (XGBoost backend) or "mlserver"."""
+def scenarios(concurrency: int, xgboost: bool = False, shadow: bool = False) -> list[tuple[str, str, dict]]:
+    """(name, server, LoadSpec fields). Server "ours", "ours-xgb" (XGBoost backend), "ours-shadow"
+    (a second model scored in shadow) or "mlserver"."""
     seq = dict(concurrency=1)
     closed = dict(concurrency=concurrency)
     return [
@@ -346,7 +407,37 @@ def scenarios(concurrency: int, xgboost: bool = False) -> list[tuple[str, str, d
         ("unary sequential", "ours-xgb", dict(protocol="scorer", **seq)),
         (f"stream C={concurrency} x4", "ours-xgb", dict(protocol="scorer", mode="stream", streams=4, **closed)),
         (f"kserve C={concurrency}", "ours-xgb", dict(protocol="kserve", **closed)),
-    ] if xgboost else [])
+    ] if xgboost else []) + ([
+        ("unary sequential", "ours-shadow", dict(protocol="scorer", **seq)),
+        (f"unary C={concurrency}", "ours-shadow", dict(protocol="scorer", **closed)),
+        (f"stream C={concurrency} x4", "ours-shadow", dict(protocol="scorer", mode="stream", streams=4, **closed)),
+        (f"kserve C={concurrency}", "ours-shadow", dict(protocol="kserve", **closed)),
+    ] if shadow else [])
+
+
+def shadow_cost(medians: dict, floor: dict | None = None) -> str:
+    """The shadow's cost per scenario: our server with a shadow over the same server without one."""
+    lines = []
+    if floor:
+        a, b = floor["without"], floor["with"]
+        lines += ["shadow cost in process (native backend, no gRPC, medians; without -> with the shadow):",
+                  f"  Score servicer p50 (the response path) {a['servicer_p50_us']:.2f} -> {b['servicer_p50_us']:.2f} us "
+                  f"({b['servicer_p50_us'] / a['servicer_p50_us']:.2f}x)",
+                  f"  per request, shadow scoring and log included {a['per_request_us']:.2f} -> {b['per_request_us']:.2f} us "
+                  f"({b['per_request_us'] - a['per_request_us']:+.2f} us)",
+                  f"  ScoreStream per message {a['stream_us']:.2f} -> {b['stream_us']:.2f} us "
+                  f"({b['stream_us'] - a['stream_us']:+.2f} us); shadow events {b.get('shadow_events')}, "
+                  f"dropped {b.get('shadow_dropped')}"]
+    lines.append("shadow cost (ours-shadow / ours, same run; > 1 = the shadow costs that much more):")
+    for (name, server), m in medians.items():
+        base = medians.get((name, "ours"))
+        if server != "ours-shadow" or base is None:
+            continue
+        lines.append(f"  {name:<22} p50 {m['p50'] / base['p50']:.2f}x  p99 {m['p99'] / base['p99']:.2f}x  "
+                     f"throughput {m['throughput_rps'] / base['throughput_rps']:.2f}x  "
+                     f"server CPU/req {m['server_cpu_us'] / base['server_cpu_us']:.2f}x "
+                     f"({m['server_cpu_us'] - base['server_cpu_us']:+.0f} us)")
+    return "\n".join(lines)
 
 
 def _median_result(results: list[dict]) -> dict:
@@ -415,6 +506,9 @@ def run(argv: list[str] | None = None) -> int:
                         help="our server's --grpc-io (default iomgr, as `streamscore serve`)")
     parser.add_argument("--peer-grpc-io", choices=GRPC_IO[1:], default="event-engine",
                         help="MLServer's gRPC I/O (default event-engine: gRPC's default)")
+    parser.add_argument("--shadow", action="store_true",
+                        help="also run our server with a second model scored in shadow, and print the shadow's cost")
+    parser.add_argument("--shadow-model", type=Path, help="the shadow's XGBoost model file (default: train one here)")
     parser.add_argument("--json", type=Path, help="write every run and the medians here")
     parser.add_argument("--profile-server", type=Path, metavar="FILE",
                         help="run our server under cProfile and write its stats here (slows it down: numbers "
@@ -431,17 +525,28 @@ def run(argv: list[str] | None = None) -> int:
             _train(model, args.rounds, args.depth)
             print(f"trained a model: {args.rounds} trees of depth {args.depth}, 15 features")
         floor = in_process_floor(model)
+        shadow_in_process = None
         peer = not args.skip_peer and (args.bench_venv / "bin" / "mlserver").exists()
         if not args.skip_peer and not peer:
             print(f"MLServer peer skipped: {args.bench_venv}/bin/mlserver not found "
                   f"(run loadtest/setup_bench_env.sh to create it)")
-        plan = [s for s in scenarios(args.concurrency, args.xgboost_backend) if peer or s[1] != "mlserver"]
+        shadow_model = args.shadow_model
+        if args.shadow and shadow_model is None:
+            shadow_model = tmp / "shadow.json"
+            _train(shadow_model, args.rounds, args.depth, seed=1)
+        if args.shadow:
+            shadow_in_process = shadow_floor(model, shadow_model, tmp / "shadow-floor-log")
+        plan = [s for s in scenarios(args.concurrency, args.xgboost_backend, args.shadow) if peer or s[1] != "mlserver"]
         results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
         with contextlib.ExitStack() as stack:
             targets = {"ours": stack.enter_context(our_server(model, tmp, server_args, profile=args.profile_server))}
             if args.xgboost_backend:
                 targets["ours-xgb"] = stack.enter_context(
                     our_server(model, tmp, [*server_args, "--backend", "xgboost"], "streamscore-xgb"))
+            if args.shadow:
+                targets["ours-shadow"] = stack.enter_context(
+                    our_server(model, tmp, [*server_args, "--shadow-model-file", str(shadow_model),
+                                            "--shadow-log", str(tmp / "shadow-log")], "streamscore-shadow"))
             if peer:
                 targets["mlserver"] = stack.enter_context(mlserver(model, tmp, args.bench_venv, args.peer_grpc_io))
             for r in range(args.repeat):
@@ -472,11 +577,13 @@ def run(argv: list[str] | None = None) -> int:
           f"gRPC I/O: client {args.client_grpc_io}, ours {args.server_grpc_io}, MLServer {args.peer_grpc_io}; "
           f"load average {load_start:.1f} at the start, {loadavg():.1f} at the end:")
     print(format_table(medians, args.concurrency, floor))
+    if args.shadow:
+        print(shadow_cost(medians, shadow_in_process))
     print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "
           f"throughput at C={args.concurrency}")
     if args.json:
         args.json.write_text(json.dumps({
-            "floor": floor, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
+            "floor": floor, "shadow_floor": shadow_in_process, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
             "runs": {f"{n} | {s}": runs for (n, s), runs in results.items()}}, indent=2, default=str))
     return 0
 

@@ -61,6 +61,9 @@ ONLINE = "online"
 ONLINE_KEY_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 ONLINE_FILE = "model.pkl"
 ONLINE_FORMAT = "river-pickle"
+#: The XGBoost version the predictor scores in shadow next to production (``streamscore controller``
+#: promotes it after enough shadow events).
+CHALLENGER = "challenger"
 ALIAS_LOG_LIMIT = 1000
 
 
@@ -611,9 +614,9 @@ class Registry:
     def promote(self, version: str, alias: str = PRODUCTION) -> dict:
         """Point ``alias`` at ``version`` (after verifying its files); the old target can be rolled back to."""
         self.verify(version)
-        if alias == PRODUCTION and self.metadata(version).get("format") != FORMAT:
+        if alias in (PRODUCTION, CHALLENGER) and self.metadata(version).get("format") != FORMAT:
             raise RegistryError(f"version {version} is not an XGBoost model (format "
-                                f"{self.metadata(version).get('format')!r}) and cannot serve as {PRODUCTION}")
+                                f"{self.metadata(version).get('format')!r}) and cannot serve as {alias}")
 
         def move(state: dict) -> tuple[str, str]:
             if state["version"] is not None and state["version"] != version:
@@ -621,6 +624,12 @@ class Registry:
             return "promote", version
 
         return self._move(alias, move)
+
+    def clear(self, alias: str) -> dict:
+        """Point ``alias`` at nothing (the ``challenger`` once promoted or retired); logged like every move."""
+        if alias == PRODUCTION:
+            raise RegistryError("the production alias cannot be cleared: promote another version or roll back")
+        return self._move(alias, lambda state: ("clear", None))
 
     def rollback(self, alias: str = PRODUCTION) -> dict:
         """Point ``alias`` back at the version it pointed to before the last promotion."""
@@ -645,11 +654,14 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamscore registry", description=run.__doc__)
     parser.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="versions, newest last, with test metrics; * marks production, o the online model")
+    sub.add_parser("list", help="versions, newest last, with test metrics; * marks production, o the online "
+                   "model, c the challenger (in shadow)")
     show = sub.add_parser("show", help="a version's metadata as JSON")
     show.add_argument("version", help="version id or 'production'")
-    promote = sub.add_parser("promote", help="point the production alias at VERSION")
+    promote = sub.add_parser("promote", help="point the production alias (or --alias challenger) at VERSION")
     promote.add_argument("version")
+    promote.add_argument("--alias", choices=(PRODUCTION, CHALLENGER), default=PRODUCTION,
+                         help="production (default) or challenger: score VERSION in shadow next to production")
     sub.add_parser("rollback", help="point production back at the version before the last promotion")
     sign = sub.add_parser("sign", help="add the key ring's signature to VERSION (key rotation; --adopt: an unsigned one)")
     sign.add_argument("version")
@@ -673,12 +685,13 @@ def run(argv: list[str] | None = None) -> int:
         registry = Registry.open(args.registry, keys=keys_from_args(args, signs=args.action == "sign"))
         if args.action == "list":
             current, online = registry.alias()["version"], registry.alias(ONLINE)["version"]
+            challenger = registry.alias(CHALLENGER)["version"]
             print(f"{'':2}{'version':<32} {'kind':<7} {'created (UTC)':<30} {'AUC':>6} {'AP':>6} {'CP@100':>6}  spec")
             for version in registry.versions():
                 meta = registry.metadata(version)
                 test = meta.get("test_metrics") or {}
                 kind = "online" if meta.get("format") == ONLINE_FORMAT else "xgboost"
-                mark = "*" if version == current else ("o" if version == online else " ")
+                mark = "*" if version == current else ("o" if version == online else ("c" if version == challenger else " "))
                 print(f"{mark:2}{version:<32} {kind:<7} {meta['created_at']:<30} "
                       f"{_fmt(test.get('auc_roc')):>6} {_fmt(test.get('average_precision')):>6} "
                       f"{_fmt(test.get('card_precision@100')):>6}  {meta['feature_spec_hash'][:12]}")
@@ -688,8 +701,8 @@ def run(argv: list[str] | None = None) -> int:
             for event in registry.events(args.version):
                 print(json.dumps(event, sort_keys=True))
         elif args.action == "promote":
-            state = registry.promote(args.version)
-            print(f"production -> {state['version']}")
+            state = registry.promote(args.version, args.alias)
+            print(f"{args.alias} -> {state['version']}")
         elif args.action == "sign":
             print(f"{args.version}: {registry.sign(args.version, adopt=args.adopt)}")
         else:

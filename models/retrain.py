@@ -14,7 +14,9 @@ label delay of ``delay_days``:
 Challenger and champion (the ``production`` alias) are scored on the same window and judged
 by :mod:`models.gate`; the challenger is registered with its training reference, the gate's
 verdict and both models' segment reports, and promoted when the gate says so (unless
-``--no-promote``). Each step — register, gate, promote or refuse — is an audit event in the
+``--no-promote``) — or, with ``--shadow``, put behind the ``challenger`` alias instead: the
+predictors score it in shadow and ``streamscore controller`` promotes it after enough shadow
+events. Each step — register, gate, promote, shadow or refuse — is an audit event in the
 registry (:meth:`~models.registry.Registry.record_event`).
 """
 
@@ -33,7 +35,7 @@ import pandas as pd
 from models import gate
 from models.evaluation import Split, feature_table_spec, read_feature_table
 from models.monitoring import REFERENCE_FILE
-from models.registry import Registry, RegistryError
+from models.registry import CHALLENGER, Registry, RegistryError
 from models.segments import segment_report
 from models.training import GRIDS, add_model_arguments, add_spec_argument, apply_tree_method, make_folds, train_model
 
@@ -57,6 +59,7 @@ class RetrainConfig:
     rule: gate.GateRule = gate.GateRule()
     promote: bool = True
     reason: str = "scheduled"
+    shadow: bool = False  # a passing challenger goes behind the challenger alias, not production
 
     def windows(self, last_day: dt.date) -> tuple[dt.date, Split]:
         """``(last labelled day, the challenger's split: training days then the gate's window)``."""
@@ -127,7 +130,13 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
                           details={**metrics, "promote": verdict["promote"], "rule": verdict["rule"],
                                    "champion": champion_info})
     promoted = bool(verdict["promote"] and config.promote)
-    if promoted:
+    shadowed = promoted and config.shadow and champion is not None  # a first model has no production to shadow
+    if shadowed:
+        promoted = False
+        registry.promote(version, CHALLENGER)
+        registry.record_event("shadow", actor=ACTOR, version=version, reason=verdict["reason"],
+                              details={"champion": champion.version, **metrics})
+    elif promoted:
         before = registry.alias()["version"]
         registry.promote(version)
         registry.record_event("promote", actor=ACTOR, version=version, reason=verdict["reason"],
@@ -135,7 +144,7 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
     else:
         why = verdict["reason"] if not verdict["promote"] else "the gate passed but --no-promote was given"
         registry.record_event("refuse", actor=ACTOR, version=version, reason=why, details=metrics)
-    return {"version": version, "promoted": promoted, "gate": gate.summary(verdict),
+    return {"version": version, "promoted": promoted, "shadow": shadowed, "gate": gate.summary(verdict),
             "champion_model": champion_info, **metrics}
 
 
@@ -163,6 +172,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-confidence", type=float, default=0.9, help="bootstrap interval level (default 0.9)")
     parser.add_argument("--gate-resamples", type=int, default=500, help="card-day bootstrap resamples (default 500)")
     parser.add_argument("--no-promote", dest="promote", action="store_false", help="register and gate, never promote")
+    parser.add_argument("--shadow", action="store_true",
+                        help="a challenger that passes the gate goes behind the challenger alias (scored in shadow by "
+                             "the predictors; `streamscore controller` promotes it) instead of production")
     parser.add_argument("--reason", default="scheduled", help="why this retrain runs, for the audit log (default scheduled)")
     from models.signing import add_trust_arguments, keys_or_exit
 
@@ -179,7 +191,7 @@ def run(argv: list[str] | None = None) -> int:
                            eval_days=args.eval_days, valid_folds=args.valid_folds, grid=args.grid,
                            tree_method=args.tree_method, select_by=args.select_by, seed=args.seed, nthread=args.nthread,
                            rule=gate.GateRule(args.gate_margin, args.gate_confidence, args.gate_resamples, args.seed),
-                           promote=args.promote, reason=args.reason)
+                           promote=args.promote, reason=args.reason, shadow=args.shadow)
     spec = feature_table_spec(args.features, args.spec)
     table = read_feature_table(args.features, spec.names, spec.spec_hash)
     summary = retrain(table, spec.names, spec.spec_hash, Registry.open(args.registry, keys=keys), config,
@@ -190,7 +202,8 @@ def run(argv: list[str] | None = None) -> int:
           f" AP {summary['challenger']['average_precision']:.3f}"
           f"{f' vs champion {champion_ap:.3f}' if (champion_ap := (champion or {}).get('average_precision')) is not None else ''}"
           f" on {summary['window']['start']}..{summary['window']['end']} ({summary['window']['rows']:,} rows);"
-          f" {'promoted' if summary['promoted'] else 'not promoted'} ({summary['gate']})"
+          f" {'promoted' if summary['promoted'] else 'in shadow' if summary['shadow'] else 'not promoted'}"
+          f" ({summary['gate']})"
           f" ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("models.retrain:run", "challenger on the latest labelled window, gated against production, registered, promoted if better"),
     "monitor": ("models.cli_monitor:run", "PSI against the model's training reference and live AP/CP@100, window by window"),
     "evaluate": ("models.cli_eval:run", "AUC, AP, card precision@100 under the handbook's protocols; JSON + HTML"),
+    "controller": ("models.cli_controller:run", "promote the challenger after its shadow, watch it live, roll it back out of bounds"),
     "registry": ("models.registry:run", "model versions and the production alias: list | show | promote | rollback"),
     "serve": ("models.predictor.server:run", "the gRPC predictor (Scorer, KServe v2, health, reflection)"),
     "score": ("models.predictor.score_cli:run", "score raw transactions (JSON) over gRPC against `serve --online-store`"),

@@ -263,6 +263,9 @@ class Scorer:
         self._order_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._batcher = MicroBatcher(self._predict_batch, offload=self._offload, max_batch_size=max_batch_size,
                                      max_pending=max_pending, on_batch=on_batch)
+        #: the challenger scored in shadow after each response (models.predictor.shadow.ShadowScorer),
+        #: or None; the transports offer it every scored request, it never changes a result
+        self.shadow = None
 
     # -- the served model ---------------------------------------------------------------
 

@@ -98,6 +98,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
         scores, version, online_scores, online_version = result
+        shadow = self._scorer.shadow
+        if shadow is not None:
+            shadow.observe_many(X, scores, version, (request.id,) * len(scores) if request.id else ())
         values = {OUTPUT_NAME: scores}
         if online_scores is not None:
             values[ONLINE_OUTPUT_NAME] = online_scores

@@ -1,5 +1,5 @@
-"""Model lifecycle: follow the registry's ``production`` and ``online`` aliases and hot-swap
-without a failed request.
+"""Model lifecycle: follow the registry's ``production``, ``online`` and ``challenger`` aliases
+and hot-swap without a failed request.
 
 :class:`ModelWatcher` polls one alias. When it moves (promote or rollback; a new online
 snapshot) the new version is loaded off the event loop, verified, warmed up and only then
@@ -8,7 +8,10 @@ requests in flight finish on the old model, the next batch uses the new one. A v
 fails any step is refused — the old model keeps serving, the refusal is logged and counted,
 and it is retried only after ``retry_refused`` seconds (versions are immutable, so retrying
 sooner cannot help). The predictor runs one watcher per alias; an absent ``online`` alias is
-normal (responses then carry no online score).
+normal (responses then carry no online score). The ``challenger`` alias is loaded exactly like
+production (the steps below) and handed to the scorer's shadow
+(:class:`~models.predictor.shadow.ShadowScorer`); when the alias is cleared (the controller
+promoted or retired the challenger), the shadow is unloaded.
 
 Steps of :func:`load_model`:
 
@@ -42,10 +45,11 @@ from models.predictor.backends import XGBoostBackend
 from models.predictor.core import PRODUCTION, Model, Scorer
 from models.predictor.errors import ModelRejected
 from models.predictor.online import OnlineModel, load_online_model
+from models.predictor.shadow import CHALLENGER
 
 #: The registry alias of the online (River) model.
 ONLINE = "online"
-ALIASES = (PRODUCTION, ONLINE)
+ALIASES = (PRODUCTION, ONLINE, CHALLENGER)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,10 @@ class RegistrySource:
     def online_version(self) -> str | None:
         return self._registry.alias(ONLINE)["version"]
 
+    def challenger_version(self) -> str | None:
+        """The version served in shadow (the ``challenger`` alias), or None."""
+        return self._registry.alias(CHALLENGER)["version"]
+
     def load_online(self, version: str) -> tuple[Any, Mapping[str, Any]]:
         """``(OnlineLearner, metadata)``: the registry verifies checksums and the spec hash first."""
         _, learner = self._registry.load_online(version, expected_spec_hash=self.spec_hash)
@@ -132,6 +140,14 @@ class FileSource:
 
         booster = xgb.Booster(model_file=str(self.path))
         return booster, {"spec_hash": self.spec_hash, "source": str(self.path)}
+
+
+class ShadowFileSource(FileSource):
+    """One XGBoost model file served in shadow (``serve --shadow-model-file``: benchmarks,
+    debugging): its version is the file's, as :class:`FileSource`'s, behind ``challenger``."""
+
+    def challenger_version(self) -> str | None:
+        return FileSource.production_version(self)
 
 
 def _spec_hash_of(metadata: Mapping[str, Any]) -> str | None:
@@ -205,7 +221,10 @@ class ModelWatcher:
     ``alias="production"`` (the default) follows the production XGBoost model
     (:func:`load_model`, :meth:`Scorer.swap`); ``alias="online"`` follows the online River
     snapshots (:func:`~models.predictor.online.load_online_model`, :meth:`Scorer.swap_online`;
-    the source must have ``online_version`` and ``load_online``, as :class:`RegistrySource` does).
+    the source must have ``online_version`` and ``load_online``, as :class:`RegistrySource` does);
+    ``alias="challenger"`` follows the model scored in shadow (:func:`load_model`, then the
+    scorer's ``shadow``; the source must have ``challenger_version``) and unloads it when the
+    alias is cleared.
     """
 
     def __init__(self, scorer: Scorer, source: ModelSource | str | Path, *, alias: str = PRODUCTION,
@@ -231,26 +250,36 @@ class ModelWatcher:
         self._keep = keep
         if alias == ONLINE and not callable(getattr(self.source, "online_version", None)):
             raise ValueError(f"{type(self.source).__name__} has no online models (online_version/load_online)")
-        self._label = "" if alias == PRODUCTION else "online "  # in log messages
+        if alias == CHALLENGER and (getattr(scorer, "shadow", None) is None
+                                    or not callable(getattr(self.source, "challenger_version", None))):
+            raise ValueError("following the challenger alias needs a scorer with a shadow (ShadowScorer) and a "
+                             "source with challenger_version")
+        self._label = {PRODUCTION: "", ONLINE: "online ", CHALLENGER: "shadow "}[alias]  # in log messages
 
     # -- the alias this watcher follows -------------------------------------------------
 
     def _version(self) -> str | None:
+        if self.alias == CHALLENGER:
+            return self.source.challenger_version()
         return self.source.production_version() if self.alias == PRODUCTION else self.source.online_version()
 
     def _current(self) -> Model | OnlineModel | None:
+        if self.alias == CHALLENGER:
+            return self.scorer.shadow.model
         return self.scorer.model if self.alias == PRODUCTION else self.scorer.online_model
 
     def _load(self, version: str) -> Model | OnlineModel:
-        if self.alias == PRODUCTION:
+        if self.alias in (PRODUCTION, CHALLENGER):
             return load_model(self.source, version, spec_hash=self.spec_hash, feature_names=self.scorer.feature_names,
                               backend=self.backend)
         return load_online_model(self.source, version, spec_hash=self.spec_hash,
                                  feature_names=self.scorer.feature_names,
                                  rows=warm_up_rows(len(self.scorer.feature_names)), fast=self.online_fast)
 
-    def _swap(self, model: Model | OnlineModel) -> None:
-        if self.alias == PRODUCTION:
+    def _swap(self, model: Model | OnlineModel | None) -> None:
+        if self.alias == CHALLENGER:
+            self.scorer.shadow.swap(model)
+        elif self.alias == PRODUCTION:
             self.scorer.swap(model)
         else:
             self.scorer.swap_online(model)
@@ -270,15 +299,21 @@ class ModelWatcher:
             await asyncio.sleep(self.poll_interval)
 
     async def check(self) -> str:
-        """One poll: ``"loaded"``, ``"unchanged"``, ``"absent"``, ``"refused"`` or ``"error"``."""
+        """One poll: ``"loaded"``, ``"unchanged"``, ``"absent"``, ``"refused"``, ``"error"``, or
+        ``"unloaded"`` (the challenger alias was cleared: no more shadow)."""
         try:
             version = await asyncio.to_thread(self._version)
         except Exception as exc:  # noqa: BLE001 - a registry hiccup must not stop serving
             log.warning("could not read the %s alias: %s", self.alias, exc)
             return "error"
-        if version is None:
-            return "absent"
         current = self._current()
+        if version is None:
+            if self.alias == CHALLENGER and current is not None:
+                self._swap(None)
+                log.info("no shadow model any more (the challenger alias was cleared; was %s)", current.version)
+                await self._swapped(None, "unloaded")
+                return "unloaded"
+            return "absent"
         if current is not None and current.version == version:
             return "unchanged"
         refused = self.refused.get(version)
@@ -302,12 +337,16 @@ class ModelWatcher:
         kind = f"{model.backend.name} backend" if isinstance(model, Model) else f"{model.form.name} form"
         log.info("serving %sversion %s (%s), was %s", self._label, version, kind,
                  current.version if current else "nothing")
-        self._count("loaded")
-        if self.on_swap is not None:
-            result = self.on_swap(model)
-            if asyncio.iscoroutine(result):
-                await result
+        await self._swapped(model, "loaded")
         return "loaded"
+
+    async def _swapped(self, model: Model | OnlineModel | None, result: str) -> None:
+        """Count the swap and tell ``on_swap`` (None: the shadow was unloaded)."""
+        self._count(result)
+        if self.on_swap is not None:
+            done = self.on_swap(model)
+            if asyncio.iscoroutine(done):
+                await done
 
     def _remember(self, model: Model) -> None:
         """Keep the last few models so a rollback is instant (they are immutable)."""

@@ -14,6 +14,18 @@ process).
 ``streamscore_predictor_online_model_info``  1 for the served online (River) ``version``
                                            (and ``form``: numpy / river); absent without one
 ``streamscore_predictor_online_reloads_total``  online snapshot loads by ``result``
+``streamscore_predictor_shadow_model_info``  1 for the ``version`` served in shadow (the
+                                           registry's ``challenger``); absent without one
+``streamscore_predictor_shadow_reloads_total``  shadow model loads by ``result``
+``streamscore_predictor_shadow_score``     scores of the shadowed events, by ``role``
+                                           (production / shadow) and ``version``
+``streamscore_predictor_shadow_events_total``  events scored in shadow, by shadow ``version``
+``streamscore_predictor_shadow_alerts_total``  of those, the shadow's scores above the alert
+                                           threshold (``serve --shadow-alert-threshold``)
+``streamscore_predictor_shadow_disagreements_total``  of those, the events where the shadow's
+                                           alert decision differs from production's
+``streamscore_predictor_shadow_dropped_total``  events not shadowed (its queue was full)
+``streamscore_predictor_shadow_failures_total``  shadow predictions that raised
 =========================================  ==============================================
 
 The per-request series (requests, latency, batch rows) are observed on the hot path, once
@@ -60,6 +72,16 @@ class FastHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: Prometheus "le"
         self.sum += value
 
+    def observe_many(self, values) -> None:
+        """Observe every value of a float array at once (numpy: the shadow's batches)."""
+        import numpy as np
+
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        for i in np.flatnonzero(counts).tolist():
+            self.counts[i] += int(counts[i])
+        self.sum += float(values.sum())
+
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, as exposed."""
         counts, out, total = list(self.counts), [], 0
@@ -93,6 +115,30 @@ class _HotPathCollector:
         batch = HistogramMetricFamily("streamscore_predictor_batch_rows", "Rows per prediction (micro-batch size)")
         batch.add_metric([], t.batch_rows.buckets(), t.batch_rows.sum)
         yield batch
+        if t.shadow_stats is not None:
+            yield from _shadow_families(t.shadow_stats)
+
+
+def _shadow_families(stats):
+    """The :class:`~models.predictor.shadow.ShadowStats` counters as metric families."""
+    scores = HistogramMetricFamily("streamscore_predictor_shadow_score",
+                                   "Scores of the events scored in shadow, by role (production / shadow)",
+                                   labels=["role", "version"])
+    for (role, version), histogram in list(stats.scores.items()):
+        scores.add_metric([role, version], histogram.buckets(), histogram.sum)
+    yield scores
+    for name, doc, counts in (("events", "Events scored in shadow", stats.events),
+                              ("alerts", "Shadow scores above the alert threshold", stats.alerts),
+                              ("disagreements", "Shadowed events whose alert decision differs from production's",
+                               stats.disagreements)):
+        family = CounterMetricFamily(f"streamscore_predictor_shadow_{name}", doc, labels=["version"])
+        for version, count in list(counts.items()):
+            family.add_metric([version], float(count))
+        yield family
+    yield CounterMetricFamily("streamscore_predictor_shadow_dropped", "Events not shadowed: the shadow queue was full",
+                              value=float(stats.dropped))
+    yield CounterMetricFamily("streamscore_predictor_shadow_failures", "Shadow predictions that raised",
+                              value=float(stats.failures))
 
 
 class Telemetry:
@@ -120,6 +166,14 @@ class Telemetry:
             "streamscore_predictor_online_store_unknown",
             "Raw transactions whose card or terminal had no state in the online store (scored as new)",
             ["entity"], registry=r)
+        self.shadow_model_info = Gauge("streamscore_predictor_shadow_model_info",
+                                       "1 for the model version scored in shadow (the registry's challenger)",
+                                       ["version"], registry=r)
+        self.shadow_reloads = Counter("streamscore_predictor_shadow_reloads", "Shadow model loads by result",
+                                      ["result"], registry=r)
+        #: the shadow scorer's counters (models.predictor.shadow.ShadowStats), when one is set up
+        self.shadow_stats = None
+        self._served_shadow: str | None = None
         self._served: tuple[str, str] | None = None
         self._served_online: tuple[str, str] | None = None
         self._http = None
@@ -163,9 +217,19 @@ class Telemetry:
         self._served_online = (version, form)
         self.online_model_info.labels(version, form).set(1)
 
+    def serving_shadow(self, version: str | None) -> None:
+        """The version scored in shadow now (None: none)."""
+        if self._served_shadow is not None:
+            self.shadow_model_info.remove(self._served_shadow)
+        self._served_shadow = version
+        if version is not None:
+            self.shadow_model_info.labels(version).set(1)
+
     def reload(self, result: str, alias: str = "production") -> None:
-        """Count a model load (``result``: loaded / refused) of the ``production`` or ``online`` alias."""
-        (self.reloads if alias == "production" else self.online_reloads).labels(result).inc()
+        """Count a model load (``result``: loaded / refused) of the ``production``, ``online`` or
+        ``challenger`` alias."""
+        counter = {"production": self.reloads, "challenger": self.shadow_reloads}.get(alias, self.online_reloads)
+        counter.labels(result).inc()
 
     # -- HTTP exposition --------------------------------------------------------------
 

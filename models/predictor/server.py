@@ -5,7 +5,10 @@ One port serves ``streamscore.v1.Scorer``, KServe v2 ``inference.GRPCInferenceSe
 Prometheus metrics are on their own HTTP port. With a registry, the predictor also follows
 its ``online`` alias (the River model the streaming job's learner snapshots) and every
 response carries ``online_score``/``online_model_version`` while one is loaded
-(``--no-online`` turns that off). A :class:`GuardInterceptor` checks the
+(``--no-online`` turns that off). It also follows the registry's ``challenger`` alias: that
+version is scored in shadow next to production on every request, its scores exported and
+logged (``--shadow-log DIR``), never returned (``models/predictor/shadow.py``; ``--no-shadow``
+turns it off). A :class:`GuardInterceptor` checks the
 bearer token (when one is set) and bounds the RPCs in flight (RESOURCE_EXHAUSTED beyond
 it, instead of queueing without limit). SIGTERM/SIGINT drain: health goes NOT_SERVING,
 new RPCs are refused, RPCs in flight get ``--grace`` seconds to finish, then the process
@@ -20,7 +23,7 @@ serve`` re-executes itself with it set when it is not in effect yet (:func:`rest
     streamscore serve --registry registry/ --port 50051 [--metrics-port 9464]
         [--tls-cert cert.pem --tls-key key.pem] [--auth-token-file FILE]
         [--max-in-flight 512] [--poll-interval 2] [--backend auto|native|xgboost] [--no-online]
-        [--grpc-io iomgr|event-engine]
+        [--grpc-io iomgr|event-engine] [--no-shadow] [--shadow-log DIR] [--shadow-model-file FILE]
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from models.predictor import kserve, service
 from models.predictor.backends import BACKENDS
 from models.predictor.core import Scorer
-from models.predictor.lifecycle import ONLINE, FileSource, ModelSource, ModelWatcher, RegistrySource
+from models.predictor.lifecycle import ONLINE, FileSource, ModelSource, ModelWatcher, RegistrySource, ShadowFileSource
+from models.predictor.shadow import CHALLENGER, ShadowScorer, ShadowSettings
 from models.predictor.metrics import Telemetry
 from models.predictor.errors import Undecodable
 from models.predictor.grpc_io import grpc_io_env, grpc_io_in_effect
@@ -94,6 +98,10 @@ class ServerSettings:
     # The online feature store the streaming job writes (redis://HOST:PORT/DB, rediss://...):
     # enables transaction input (docs/online-store.md). Read only: the predictor never writes it.
     online_store: str | None = None
+    # Score the registry's challenger alias in shadow (or shadow_model_file's model), with these settings.
+    shadow: bool = True
+    shadow_model_file: Path | None = None
+    shadow_settings: ShadowSettings = ShadowSettings()
 
     def __post_init__(self):
         if self.registry is not None and self.model_file is not None:
@@ -113,6 +121,8 @@ class ServerSettings:
                              "development, --allow-unsigned")
         if self.online_store is not None:
             check_url(self.online_store)
+        if self.shadow_model_file is not None and not self.shadow:
+            raise ValueError("--shadow-model-file and --no-shadow contradict each other")
 
 
 def restart_with_grpc_io(settings: ServerSettings, argv: list[str], *, env=os.environ, execve=os.execve) -> None:
@@ -322,6 +332,15 @@ class PredictorServer:
         self.online_watcher = (ModelWatcher(self.scorer, source, alias=ONLINE, poll_interval=settings.poll_interval,
                                             telemetry=self.telemetry, on_swap=self._on_online_swap)
                                if settings.online and callable(getattr(source, "online_version", None)) else None)
+        shadow_source = (ShadowFileSource(settings.shadow_model_file) if settings.shadow_model_file is not None
+                         else source if callable(getattr(source, "challenger_version", None)) else None)
+        self.shadow_watcher = None
+        if settings.shadow and shadow_source is not None:
+            self.scorer.shadow = ShadowScorer(len(self.scorer.feature_names), settings.shadow_settings)
+            self.telemetry.shadow_stats = self.scorer.shadow.stats
+            self.shadow_watcher = ModelWatcher(self.scorer, shadow_source, alias=CHALLENGER,
+                                               poll_interval=settings.poll_interval, backend=settings.backend,
+                                               telemetry=self.telemetry, on_swap=self._on_shadow_swap)
         self.raw = (RawTransactions.open(settings.online_store, self.scorer.feature_names,
                                          on_unknown=self._count_unknown)
                     if settings.online_store else None)
@@ -362,7 +381,7 @@ class PredictorServer:
             settle_gc()
         if s.metrics_port is not None:
             self.metrics_port = self.telemetry.serve_http(s.metrics_port, s.host)
-        for watcher in (self.watcher, self.online_watcher):
+        for watcher in (self.watcher, self.online_watcher, self.shadow_watcher):
             if watcher is not None:
                 self._watch_tasks.append(asyncio.create_task(watcher.run(), name=f"{watcher.alias}-watcher"))
         log.info("predictor listening on %s:%s (%s), metrics on %s", s.host, self.port,
@@ -382,6 +401,9 @@ class PredictorServer:
         # would be the latency spike settle_gc exists to avoid; an online model is a few objects.
         self.telemetry.serving_online(model.version, model.form.name)
 
+    def _on_shadow_swap(self, model) -> None:
+        self.telemetry.serving_shadow(None if model is None else model.version)
+
     async def _set_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.scorer.ready
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -398,6 +420,9 @@ class PredictorServer:
         if self._server is not None:
             await self._server.stop(self.settings.grace if grace is None else grace)
         self.telemetry.close()
+        if self.scorer.shadow is not None:
+            self.scorer.shadow.flush()  # what was scored so far is logged
+            self.scorer.shadow.close()
         self.scorer.close()
 
     async def wait(self) -> None:
@@ -458,6 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online-store", default=None, metavar="URL",
                    help="the online feature store the streaming job writes (redis://HOST:PORT/DB or "
                         "rediss://:PASSWORD@HOST:PORT/DB): enables Score(transaction=...)")
+    p.add_argument("--no-shadow", dest="shadow", action="store_false",
+                   help="do not score the registry's challenger alias in shadow")
+    p.add_argument("--shadow-log", type=Path, metavar="DIR",
+                   help="write one JSON line per event scored in shadow to DIR/shadow-HOST-PID.jsonl (read by "
+                        "`streamscore controller --shadow-log`); default: metrics only")
+    p.add_argument("--shadow-log-max-mb", type=float, default=64.0,
+                   help="rotate the shadow log past this size (MB; one old file kept; default 64)")
+    p.add_argument("--shadow-alert-threshold", type=float, default=0.5,
+                   help="score above which an event is an alert, for the shadow's alert and disagreement counts (0.5)")
+    p.add_argument("--shadow-model-file", type=Path,
+                   help="score this XGBoost model file in shadow instead of the registry's challenger "
+                        "(benchmarks, debugging)")
     p.add_argument("--log-level", default="INFO", help="logging level (INFO)")
     add_trust_arguments(p, signs=False)
     return p
@@ -474,6 +511,10 @@ def settings_from_args(args: argparse.Namespace, env=os.environ) -> ServerSettin
     if args.model_file is not None and not args.model_file.is_file():
         raise ValueError(f"--model-file {args.model_file} is not a file")
     keys = keys_from_args(args, signs=False, env=env) if args.registry is not None else None
+    if args.shadow_model_file is not None and not args.shadow_model_file.is_file():
+        raise ValueError(f"--shadow-model-file {args.shadow_model_file} is not a file")
+    shadow = ShadowSettings(log_dir=args.shadow_log, log_max_bytes=int(args.shadow_log_max_mb * 1024 * 1024),
+                            alert_threshold=args.shadow_alert_threshold)
     return ServerSettings(registry=args.registry, model_file=args.model_file, host=args.host, port=args.port,
                           metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                           tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=token,
@@ -481,7 +522,8 @@ def settings_from_args(args: argparse.Namespace, env=os.environ) -> ServerSettin
                           poll_interval=args.poll_interval, grace=args.grace, backend=args.backend,
                           max_batch_size=args.max_batch_size, settle_gc=True, online=args.online,
                           grpc_io=args.grpc_io, signing_keys=keys, allow_unsigned=args.allow_unsigned,
-                          online_store=args.online_store)
+                          online_store=args.online_store, shadow=args.shadow,
+                          shadow_model_file=args.shadow_model_file, shadow_settings=shadow)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -7,6 +7,9 @@ message's response (``error``) without ending the stream; conditions of the serv
 loaded yet: UNAVAILABLE, overloaded: RESOURCE_EXHAUSTED) end the call, so clients retry.
 When an online (River) model is loaded, every response also carries ``online_score`` and
 ``online_model_version`` (computed in the same batch as ``score``); otherwise they are unset.
+With a challenger in shadow (``Scorer.shadow``), every scored message is offered to it after
+its response was built (:meth:`~models.predictor.shadow.ShadowScorer.observe`): the response
+is the production result's alone.
 
 ``ScoreStream`` uses grpc.aio's reader/writer API: a reader task reads each message as it
 arrives and scores it at once (native trees: µs, on the loop) or hands it to the
@@ -128,6 +131,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                 check_deadline(context)
                 scored = self._scorer.score_now(features.values, request.model_name)
                 if scored is not None:
+                    shadow = self._scorer.shadow
+                    if shadow is not None:
+                        shadow.observe(features.values, request.transaction_id, scored[0], scored[1])
                     return _Response(transaction_id=request.transaction_id, score=scored[0], model_version=scored[1],
                                      latency_us=(time.perf_counter_ns() - start) // 1000)
         row = self._row(request)
@@ -135,19 +141,28 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         result = self._scorer.dispatch(row)
         if type(result) is not tuple:  # queued for the micro-batcher (XGBoost)
             result = await result
-        return self._response(request, start, result)
+        response = self._response(request, start, result)
+        shadow = self._scorer.shadow
+        if shadow is not None:
+            shadow.observe(row[0], request.transaction_id, float(result[0][0]), result[1])
+        return response
 
     async def _score_transaction(self, request, context, start):
         raw = self._raw_features(request)
         check_deadline(context)
         scored = self._scorer.score_now(raw.values, request.model_name)  # native trees: no numpy
+        shadow = self._scorer.shadow
         if scored is not None:
+            if shadow is not None:
+                shadow.observe(raw.values, request.transaction_id, scored[0], scored[1])
             return self._with_raw(_Response(transaction_id=request.transaction_id, score=scored[0],
                                             model_version=scored[1],
                                             latency_us=(time.perf_counter_ns() - start) // 1000), raw)
         result = self._scorer.dispatch(self._scorer.features_row(raw.values))
         if type(result) is not tuple:
             result = await result
+        if shadow is not None:
+            shadow.observe(raw.values, request.transaction_id, float(result[0][0]), result[1])
         return self._with_raw(self._response(request, start, result), raw)
 
     @staticmethod
@@ -212,18 +227,31 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _respond(self, request, start: int, outcome) -> scorer_pb2.ScoreResponse:
-        """The response to one stream message: its score, or what was wrong with it.
+    def _respond(self, request, start: int, outcome, shadowed: bool = False) -> scorer_pb2.ScoreResponse:
+        """The response to one stream message: its score, or what was wrong with it (and the
+        message offered to the shadow, unless ``shadowed``: the caller does it).
 
         Conditions of the server rather than of the message (no model loaded yet, overloaded)
         end the whole call with their status instead, so the client retries the batch.
         """
         if type(outcome) is _Raw:
-            response = self._respond(request, start, outcome.outcome)
-            return self._with_raw(response, outcome.raw) if type(outcome.outcome) is tuple else response
+            inner = outcome.outcome
+            if type(inner) is not tuple:
+                return self._respond(request, start, inner)
+            response = self._with_raw(self._respond(request, start, inner, shadowed=True), outcome.raw)
+            shadow = self._scorer.shadow
+            if shadow is not None:
+                shadow.observe(outcome.raw.values, request.transaction_id, float(inner[0][0]), inner[1])
+            return response
         if type(outcome) is tuple:
             scores, version, online_scores, online_version = outcome
             elapsed = time.perf_counter_ns() - start
+            shadow = None if shadowed else self._scorer.shadow
+            if shadow is not None:
+                features = request.features
+                shadow.observe(features.values if not features.names else
+                               self._scorer.features_row(features.values, features.names)[0],
+                               request.transaction_id, float(scores[0]), version)
             if self._message_latency is not None:
                 counts = self._message_counts
                 counts[(STREAM_MESSAGE, "OK")] = counts.get((STREAM_MESSAGE, "OK"), 0) + 1

@@ -257,3 +257,36 @@ def test_score_command_prints_one_json_line_per_transaction(redis_server, serve,
     assert run(["--target", server.target, "--input", str(path)]) == 1
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["score"] == out["score"] and lines[1]["field"] == "amount" and lines[1]["line"] == 2
+
+
+@pytest.mark.integration
+def test_raw_transactions_are_shadowed_with_the_features_they_were_scored_with(redis_server, serve, make_scorer,
+                                                                               tmp_path):
+    import time
+
+    from models.predictor.core import Model
+    from models.predictor.shadow import ShadowSettings
+    from tests.models.predictor.conftest import train_booster
+
+    challenger = train_booster(seed=5, rounds=7)
+    model_file = tmp_path / "challenger.json"
+    challenger.save_model(str(model_file))
+    server = serve(make_scorer(), online_store=redis_server.url, shadow_model_file=model_file, poll_interval=0.05,
+                   shadow_settings=ShadowSettings(flush_seconds=0.0))
+    shadow = server.server.scorer.shadow
+    deadline = time.monotonic() + 10
+    while shadow.model is None:
+        assert time.monotonic() < deadline, "the shadow model file was never loaded"
+        time.sleep(0.02)
+    client = _stub(server)
+    unary = client.Score(scorer_pb2.ScoreRequest(transaction_id="r1", transaction=_tx(transaction_id="r1")))
+    streamed = list(client.ScoreStream(iter([scorer_pb2.ScoreRequest(transaction_id="r2",
+                                                                     transaction=_tx(transaction_id="r2", amount=99.0))])))
+    assert unary.model_version == streamed[0].model_version == "v1"  # production's decision, not the shadow's
+    while shadow.stats.events.get(shadow.model.version, 0) < 2:
+        assert time.monotonic() < deadline, f"shadow events: {shadow.stats.events}"
+        time.sleep(0.02)
+    expected = Model.from_booster(challenger, "c", NAMES, backend="xgboost").predict(
+        np.array([list(unary.features.values), list(streamed[0].features.values)]))
+    histogram = shadow.stats.histogram("shadow", shadow.model.version)
+    assert histogram.sum == pytest.approx(float(expected.sum()), abs=1e-6)

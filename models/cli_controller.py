@@ -1,0 +1,175 @@
+"""``streamscore controller``: promote the challenger after its shadow, watch it, roll it back.
+
+    streamscore controller --registry DIR --shadow-log DIR [--labels-from DIR] [--scores-from PATH]
+        [--shadow-events 10000] [--alert-threshold 0.5] [--min-ap X] [--min-cp100 X]
+        [--min-alert-rate X] [--max-alert-rate X] [--min-scored 1000] [--min-labelled 1000]
+        [--window-days 7] [--once | --interval 60] [--dry-run]
+
+Each tick reads the registry's state (:func:`registry_state`), the evidence
+(:mod:`models.controller_inputs`: the predictors' shadow log; the labelled-example log and/or
+JSON lines of score messages) and applies :func:`models.controller.decide`'s decision
+(:func:`apply`) through the registry's aliases — which every predictor follows by hot reload:
+
+* ``promote``: production → the challenger, then the ``challenger`` alias is cleared;
+* ``retire``: the ``challenger`` alias is cleared (not promoted);
+* ``rollback``: :meth:`~models.registry.Registry.rollback` (production back to the version
+  before), only if production is still the version judged;
+* ``confirm``: nothing moves; the watch ends.
+
+Each of these is an audit event (actor ``streamscore controller``: who; action and version:
+what; the decision's reason: why; its metrics and the bounds: the evidence), and the watch
+state is read back from those events, so the controller keeps no state of its own and can be
+restarted at any time. One JSON line per tick goes to stdout (the decision, ``applied``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from models.controller import Bounds, ControllerConfig, Decision, State, decide, live_evidence
+from models.controller_inputs import ExampleLogRows, ScoreLinesRows, ShadowLogReader, combined_rows, known_labels
+from models.registry import CHALLENGER, Registry, RegistryError
+
+ACTOR = "streamscore controller"
+#: The controller's own audit actions (a watch is open from a promote until a confirm or rollback).
+WATCH_EVENTS = ("promote", "confirm", "rollback")
+
+
+def registry_state(registry: Registry) -> State:
+    """The aliases, and the production version under watch (its newest controller event is a promote)."""
+    production = registry.alias()["version"]
+    challenger = registry.alias(CHALLENGER)["version"]
+    watching = None
+    if production is not None:
+        mine = [e for e in registry.events(production) if e["actor"] == ACTOR and e["action"] in WATCH_EVENTS]
+        if mine and mine[-1]["action"] == "promote":
+            watching = production
+    return State(production, challenger, watching)
+
+
+def apply(registry: Registry, decision: Decision, state: State) -> bool:
+    """Carry ``decision`` out through the registry and audit it; False when nothing was done
+    (a wait, or production moved since the state was read)."""
+    details = {**decision.metrics}
+    if decision.action == "wait":
+        return False
+    if decision.action == "promote":
+        registry.promote(decision.version)
+        registry.clear(CHALLENGER)
+        details.update({"from": state.production, "to": decision.version})
+    elif decision.action == "retire":
+        registry.clear(CHALLENGER)
+    elif decision.action == "rollback":
+        if registry.alias()["version"] != decision.version:
+            return False  # someone else moved production meanwhile: judge again on the next tick
+        moved = registry.rollback()
+        details.update({"from": decision.version, "to": moved["version"]})
+    registry.record_event(decision.action, actor=ACTOR, version=decision.version, reason=decision.reason,
+                          details=details)
+    return True
+
+
+def tick(registry: Registry, config: ControllerConfig, shadow_log: ShadowLogReader | None, sources, *,
+         dry_run: bool = False) -> dict:
+    """One look at the registry and the evidence, one decision (applied unless ``dry_run``)."""
+    state = registry_state(registry)
+    shadow = live = None
+    needs_rows = sources and (state.watching is not None or config.shadow_min_labelled)
+    rows = combined_rows(sources) if needs_rows else None
+    if state.challenger is not None and state.challenger != state.production and shadow_log is not None:
+        labels = known_labels(rows) if rows is not None and config.shadow_min_labelled else None
+        shadow = shadow_log.evidence(state.challenger, config.alert_threshold, labels)
+    if state.watching is not None and rows is not None:
+        live = live_evidence(rows, state.watching, config)
+    decision = decide(state, config, shadow, live)
+    applied = False if dry_run else apply(registry, decision, state)
+    return {**decision.to_dict(), "applied": applied, "production": state.production, "challenger": state.challenger}
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamscore controller", description=run.__doc__)
+    p.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
+    p.add_argument("--shadow-log", help="the predictors' shadow log directory (serve --shadow-log DIR)")
+    p.add_argument("--labels-from", action="append", default=[], metavar="DIR",
+                   help="the streaming job's labelled-example log (stream --example-log DIR); repeatable")
+    p.add_argument("--scores-from", action="append", default=[], metavar="PATH",
+                   help="JSON lines of score messages (a file, or a directory of *.jsonl); repeatable")
+    p.add_argument("--shadow-events", type=int, default=10_000,
+                   help="events the challenger must score in shadow before it is promoted (default 10000)")
+    p.add_argument("--shadow-min-labelled", type=int, default=0,
+                   help="also require this many shadow events with known labels (--labels-from / --scores-from) and "
+                        "the challenger's AP on them >= production's on the same minus --shadow-ap-margin (default 0: "
+                        "not compared)")
+    p.add_argument("--shadow-ap-margin", type=_share, default=0.0,
+                   help="how much lower the challenger's AP on the labelled shadow events may be (default 0)")
+    p.add_argument("--alert-threshold", type=float, default=0.5, help="score above which an event is an alert (0.5)")
+    p.add_argument("--min-ap", type=_share, help="roll back when the promoted model's live AP falls below this")
+    p.add_argument("--min-cp100", type=_share, help="roll back when its live card precision@100 falls below this")
+    p.add_argument("--min-alert-rate", type=_share, help="roll back (or do not promote) below this alert rate")
+    p.add_argument("--max-alert-rate", type=_share, help="roll back (or do not promote) above this alert rate")
+    p.add_argument("--min-scored", type=int, default=1_000, help="scored events before the alert rate is judged (1000)")
+    p.add_argument("--min-labelled", type=int, default=1_000,
+                   help="labelled events before live quality is judged and the watch can end (1000)")
+    p.add_argument("--window-days", type=int, default=7, help="live quality over the last days of labels (7)")
+    p.add_argument("--once", action="store_true", help="one tick, then exit")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default 60)")
+    p.add_argument("--dry-run", action="store_true", help="print the decisions, change nothing")
+    from models.signing import add_trust_arguments
+
+    add_trust_arguments(p, signs=False)
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``streamscore controller``: shadow → promote → watch → rollback, through the registry's aliases."""
+    from models.signing import keys_or_exit
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    keys = keys_or_exit(parser, args, signs=False)
+    try:
+        config = ControllerConfig(
+            shadow_events=args.shadow_events, alert_threshold=args.alert_threshold, min_scored=args.min_scored,
+            min_labelled=args.min_labelled, window_days=args.window_days,
+            shadow_min_labelled=args.shadow_min_labelled, shadow_ap_margin=args.shadow_ap_margin,
+            bounds=Bounds(args.min_ap, args.min_cp100, args.min_alert_rate, args.max_alert_rate))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.interval <= 0:
+        parser.error(f"--interval must be > 0 seconds, got {args.interval}")
+    if args.shadow_log is None and not (args.labels_from or args.scores_from):
+        parser.error("give --shadow-log (to promote challengers) and/or --labels-from / --scores-from (to watch them)")
+    registry = Registry.open(args.registry, keys=keys)
+    shadow_log = ShadowLogReader(args.shadow_log) if args.shadow_log else None
+    sources = [ExampleLogRows(d) for d in args.labels_from] + ([ScoreLinesRows(args.scores_from)]
+                                                               if args.scores_from else [])
+    while True:
+        try:
+            outcome = tick(registry, config, shadow_log, sources, dry_run=args.dry_run)
+        except RegistryError as exc:
+            print(f"streamscore controller: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(outcome, sort_keys=True), flush=True)
+        if outcome["applied"]:
+            print(f"streamscore controller: {outcome['action']} {outcome['version']}: {outcome['reason']}",
+                  file=sys.stderr)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,258 @@
+"""The promotion controller's decisions: shadow → promote → watch → confirm or roll back.
+
+Pure: :func:`decide` takes the registry's state (:class:`State`), the evidence (what the
+challenger did in shadow, :class:`ShadowEvidence`; how the production version is doing live,
+:class:`LiveEvidence`) and the configuration, and returns one :class:`Decision`. The driver
+(:mod:`models.cli_controller`, ``streamscore controller``) reads the inputs, applies the
+decision through the registry's aliases and writes it as an audit event.
+
+The states and their rules (one change at a time: a watch ends before a challenger is promoted):
+
+``watch`` — the production version was promoted by the controller and not yet confirmed:
+
+* once it has ``min_scored`` scored events, its **alert rate** (share of scores above
+  ``alert_threshold``) must lie in ``[min_alert_rate, max_alert_rate]``;
+* once it has ``min_labelled`` labelled events (both classes), its **live quality** over the
+  last ``window_days`` days (:class:`~models.monitoring.LiveQuality`: AP and card
+  precision@100) must be at least ``min_average_precision`` / ``min_card_precision``;
+* a bound broken → ``rollback`` (the registry's rollback: back to the version before); all
+  checked and within bounds with ``min_labelled`` labels → ``confirm`` (the watch ends);
+  otherwise ``wait``.
+
+``shadow`` — the ``challenger`` alias names a version other than production's:
+
+* fewer than ``shadow_events`` events scored in shadow → ``wait``;
+* with ``shadow_min_labelled``: fewer shadowed events whose label is known → ``wait``; then
+  the challenger's AP on them below production's AP on the same events minus
+  ``shadow_ap_margin`` → ``retire`` (a paired comparison on the traffic both scored);
+* its alert rate in shadow outside the alert-rate bounds → ``retire`` (the alias is
+  cleared: it would flood or starve the investigators), else ``promote`` (production → the
+  challenger, the challenger alias cleared; the watch starts).
+
+A challenger equal to production is retired (there is nothing to shadow); no challenger and
+no watch → ``wait``. Bounds left at ``None`` are not checked.
+
+>>> config = ControllerConfig(shadow_events=100)
+>>> decide(State("v1", "v2", None), config, ShadowEvidence("v2", events=40, alerts=1)).action
+'wait'
+>>> decide(State("v1", "v2", None), config, ShadowEvidence("v2", events=120, alerts=1)).action
+'promote'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from models.evaluation import TOP_K
+from models.monitoring import LiveQuality
+
+ACTIONS = ("wait", "promote", "retire", "rollback", "confirm")
+CP = f"card_precision@{TOP_K}"
+
+
+def _check_share(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1] (or unset), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """What a promoted model must keep to stay in production (``None``: not checked)."""
+
+    min_average_precision: float | None = None
+    min_card_precision: float | None = None
+    min_alert_rate: float | None = None
+    max_alert_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _check_share(field.name, getattr(self, field.name))
+        if (self.min_alert_rate is not None and self.max_alert_rate is not None
+                and self.min_alert_rate > self.max_alert_rate):
+            raise ValueError(f"min_alert_rate ({self.min_alert_rate}) must be <= max_alert_rate ({self.max_alert_rate})")
+
+    def alert_rate_violation(self, rate: float) -> str | None:
+        if self.max_alert_rate is not None and rate > self.max_alert_rate:
+            return f"alert rate {rate:.4f} above the bound {self.max_alert_rate:g}"
+        if self.min_alert_rate is not None and rate < self.min_alert_rate:
+            return f"alert rate {rate:.4f} below the bound {self.min_alert_rate:g}"
+        return None
+
+    def quality_violations(self, average_precision: float, card_precision: float | None) -> list[str]:
+        out = []
+        if self.min_average_precision is not None and average_precision < self.min_average_precision:
+            out.append(f"AP {average_precision:.4f} below the bound {self.min_average_precision:g}")
+        if (self.min_card_precision is not None and card_precision is not None
+                and card_precision < self.min_card_precision):
+            out.append(f"card precision@{TOP_K} {card_precision:.4f} below the bound {self.min_card_precision:g}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """``streamscore controller``'s flags (see the module docstring for what each one decides)."""
+
+    shadow_events: int = 10_000
+    alert_threshold: float = 0.5
+    bounds: Bounds = Bounds()
+    min_scored: int = 1_000
+    min_labelled: int = 1_000
+    window_days: int = 7
+    shadow_min_labelled: int = 0  # 0: the shadow's quality is not compared
+    shadow_ap_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("shadow_events", "min_scored", "min_labelled", "window_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.shadow_min_labelled, bool) or not isinstance(self.shadow_min_labelled, int) \
+                or self.shadow_min_labelled < 0:
+            raise ValueError(f"shadow_min_labelled must be an integer >= 0, got {self.shadow_min_labelled!r}")
+        _check_share("shadow_ap_margin", self.shadow_ap_margin)
+        if not 0.0 < self.alert_threshold < 1.0:
+            raise ValueError(f"alert_threshold must be in (0, 1), got {self.alert_threshold!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """The registry's aliases, and the production version under watch (promoted by the
+    controller, neither confirmed nor rolled back since), if any."""
+
+    production: str | None
+    challenger: str | None
+    watching: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowEvidence:
+    """What the challenger ``version`` did in shadow: events scored, and its alerts among them;
+    of those events, how many have a known label, and both models' AP on them (``None``
+    until they hold both classes)."""
+
+    version: str
+    events: int
+    alerts: int
+    labelled: int = 0
+    shadow_ap: float | None = None
+    production_ap: float | None = None
+
+    @property
+    def alert_rate(self) -> float:
+        return self.alerts / self.events if self.events else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveEvidence:
+    """How ``version`` is doing as production: scored events and their alerts; labelled events,
+    frauds among them and the live quality over the window (``None`` until both classes)."""
+
+    version: str
+    scored: int
+    alerts: int
+    labelled: int
+    frauds: int
+    average_precision: float | None
+    card_precision: float | None
+
+    @property
+    def alert_rate(self) -> float:
+        return self.alerts / self.scored if self.scored else math.nan
+
+    def to_dict(self) -> dict:
+        return {"scored": self.scored, "alerts": self.alerts, "alert_rate": _round(self.alert_rate),
+                "labelled": self.labelled, "frauds": self.frauds,
+                "average_precision": _round(self.average_precision), CP: _round(self.card_precision)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """``action`` (one of :data:`ACTIONS`) on ``version``, ``reason`` in words, ``metrics`` as evidence."""
+
+    action: str
+    version: str | None
+    reason: str
+    metrics: Mapping = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "version": self.version, "reason": self.reason, "metrics": dict(self.metrics)}
+
+
+def live_evidence(rows: pd.DataFrame, version: str, config: ControllerConfig) -> LiveEvidence:
+    """:class:`LiveEvidence` of ``version`` from scored rows (columns ``TX_DATETIME``,
+    ``CUSTOMER_ID``, ``score``, ``model_version``, ``TX_FRAUD``: 1/0, or NaN while unlabelled)."""
+    mine = rows[rows["model_version"] == version]
+    scores = mine["score"].to_numpy(dtype=np.float64)
+    labelled = mine[mine["TX_FRAUD"].notna()]
+    quality = {"average_precision": None, CP: None}
+    if len(labelled):
+        live = LiveQuality(config.window_days)
+        live.update(labelled["TX_DATETIME"].to_numpy(), labelled["CUSTOMER_ID"].to_numpy(),
+                    labelled["TX_FRAUD"].to_numpy(dtype=np.int64), labelled["score"].to_numpy())
+        quality = live.metrics()
+    return LiveEvidence(version, len(mine), int((scores > config.alert_threshold).sum()), len(labelled),
+                        int(labelled["TX_FRAUD"].sum()), quality["average_precision"], quality[CP])
+
+
+def decide(state: State, config: ControllerConfig, shadow: ShadowEvidence | None = None,
+           live: LiveEvidence | None = None) -> Decision:
+    """The one thing to do now (see the module docstring)."""
+    bounds = config.bounds
+    if state.watching is not None and state.watching == state.production:
+        version = state.watching
+        if live is None or live.version != version:
+            return Decision("wait", version, f"watching {version}: no live evidence of it yet")
+        metrics = {"live": live.to_dict(), "bounds": dataclasses.asdict(bounds)}
+        if live.scored >= config.min_scored:
+            broken = bounds.alert_rate_violation(live.alert_rate)
+            if broken:
+                return Decision("rollback", version, f"{version} in production: {broken} over {live.scored} "
+                                f"scored events", metrics)
+        judged = live.labelled >= config.min_labelled and live.average_precision is not None
+        if judged:
+            broken = bounds.quality_violations(live.average_precision, live.card_precision)
+            if broken:
+                return Decision("rollback", version, f"{version} in production: {'; '.join(broken)} over "
+                                f"{live.labelled} labelled events", metrics)
+        if judged and live.scored >= config.min_scored:
+            return Decision("confirm", version, f"{version} kept its bounds over {live.labelled} labelled and "
+                            f"{live.scored} scored events: the watch ends", metrics)
+        return Decision("wait", version, f"watching {version}: {live.labelled}/{config.min_labelled} labelled, "
+                        f"{live.scored}/{config.min_scored} scored events", metrics)
+    if state.challenger is not None and state.challenger == state.production:
+        return Decision("retire", state.challenger, f"the challenger {state.challenger} is already production: "
+                        "nothing to shadow")
+    if state.challenger is not None:
+        version = state.challenger
+        events = shadow.events if shadow is not None and shadow.version == version else 0
+        if events < config.shadow_events:
+            return Decision("wait", version, f"{version} in shadow: {events}/{config.shadow_events} events")
+        metrics = {"shadow": {"events": shadow.events, "alerts": shadow.alerts,
+                              "alert_rate": _round(shadow.alert_rate), "labelled": shadow.labelled,
+                              "average_precision": _round(shadow.shadow_ap),
+                              "production_average_precision": _round(shadow.production_ap)},
+                   "bounds": dataclasses.asdict(bounds), "from": state.production}
+        if config.shadow_min_labelled:
+            if shadow.labelled < config.shadow_min_labelled or shadow.shadow_ap is None:
+                return Decision("wait", version, f"{version} in shadow: {shadow.labelled}/"
+                                f"{config.shadow_min_labelled} labelled shadow events", metrics)
+            if shadow.shadow_ap < shadow.production_ap - config.shadow_ap_margin:
+                return Decision("retire", version, f"{version} in shadow: AP {shadow.shadow_ap:.4f} on "
+                                f"{shadow.labelled} labelled shadow events, production {shadow.production_ap:.4f} "
+                                f"on the same (margin {config.shadow_ap_margin:g}); not promoted", metrics)
+        broken = bounds.alert_rate_violation(shadow.alert_rate)
+        if broken:
+            return Decision("retire", version, f"{version} in shadow: {broken} over {shadow.events} events; "
+                            "not promoted", metrics)
+        return Decision("promote", version, f"{version} scored {shadow.events} events in shadow (alert rate "
+                        f"{shadow.alert_rate:.4f}, within bounds): promoted", metrics)
+    return Decision("wait", None, "no challenger in shadow and no promotion to watch")
