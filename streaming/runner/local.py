@@ -204,7 +204,10 @@ def _skip_timerless_scans():
     def __init__(self, clock, keyed_states, transform):
         original_init(self, clock, keyed_states, transform)
         inner = transform.transform if isinstance(transform, AppliedPTransform) else None
-        self._streamscore_no_timers = (isinstance(inner, core.ParDo)
+        # Exactly a ParDo: subclasses run other evaluators that rely on the scan without declaring
+        # timers in their DoFn — the direct runner's _GroupAlsoByWindow (a windowed GroupByKey's
+        # triggers and end-of-window firings are timers of its evaluator) failed or stalled when skipped.
+        self._streamscore_no_timers = (type(inner) is core.ParDo
                                        and not userstate.get_dofn_specs(inner.dofn)[1])
 
     def extract_transform_timers(self):
