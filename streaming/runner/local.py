@@ -66,6 +66,7 @@ warning and the runner behaves as Beam ships it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -196,10 +197,17 @@ def _skip_timerless_scans():
     from apache_beam.runners.direct import watermark_manager
     from apache_beam.transforms import core, userstate
 
+    from apache_beam.runners.direct.util import TimerFiring
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+
     cls = watermark_manager._TransformWatermarks
     if getattr(cls, "_streamscore_patched", False):
         return True
-    original_init, original_extract = cls.__init__, cls.extract_transform_timers
+    original_init = cls.__init__
+    if "self.timers = " not in inspect.getsource(InMemoryUnmergedState.__init__):
+        raise AttributeError("InMemoryUnmergedState keeps no `timers` dict")
+    if "state.get_timers(" not in inspect.getsource(cls.extract_transform_timers):
+        raise AttributeError("_TransformWatermarks.extract_transform_timers changed")
 
     def __init__(self, clock, keyed_states, transform):
         original_init(self, clock, keyed_states, transform)
@@ -213,7 +221,27 @@ def _skip_timerless_scans():
     def extract_transform_timers(self):
         if self._streamscore_no_timers:
             return [], False
-        return original_extract(self)
+        # Beam's loop, without its call per key that holds no timer at all (get_timers of an empty
+        # dict answers ([], False)): a stage with a timer per few keys (the terminal stage's label
+        # deadlines) is walked at the cost of a truth test per key.
+        with self._lock:
+            fired_timers = []
+            has_realtime_timer = False
+            watermark, now = self._input_watermark, None
+            for encoded_key, state in self._keyed_states.items():
+                if not state.timers:
+                    continue
+                if now is None:
+                    now = self._clock.time()
+                timers, had_realtime_timer = state.get_timers(watermark=watermark, processing_time=now)
+                if had_realtime_timer:
+                    has_realtime_timer = True
+                for expired in timers:
+                    window, (name, time_domain, timestamp, dynamic_timer_tag) = expired
+                    fired_timers.append(TimerFiring(encoded_key, window, name, time_domain, timestamp,
+                                                    dynamic_timer_tag=dynamic_timer_tag))
+            self._fired_timers.update(fired_timers)
+            return fired_timers, has_realtime_timer
 
     cls.__init__ = __init__
     cls.extract_transform_timers = extract_transform_timers
