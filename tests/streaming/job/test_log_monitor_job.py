@@ -71,7 +71,11 @@ def drifted_stack(pubsub_emulator, tmp_path):
     predictor = Proc(["-m", "streaming.cli", "serve", "--registry", str(tmp_path / "registry"), "--port", str(port),
                       "--host", "127.0.0.1", "--metrics-port", "0", "--allow-unsigned", "--no-online"],
                      tmp_path / "serve.log")
-    wait_scoring(port, predictor)
+    try:
+        wait_scoring(port, predictor)
+    except BaseException:
+        predictor.stop()
+        raise
     job = Proc(["-m", "streaming.job.pipeline", "--project", pubsub_emulator.project,
                 "--emulator-host", pubsub_emulator.host_port,
                 "--transactions-subscription", f"{names['tx']}-job", "--labels-subscription", f"{names['labels']}-job",
@@ -80,8 +84,13 @@ def drifted_stack(pubsub_emulator, tmp_path):
                 "--registry", str(tmp_path / "registry"), "--allow-unsigned",
                 "--example-log", str(tmp_path / "log"), "--live-monitoring", "--monitoring-window-hours", "48",
                 "--psi-alarm", "0.2"], tmp_path / "job.log")
-    time.sleep(3)
-    job.alive()
+    try:
+        time.sleep(3)
+        job.alive()
+    except BaseException:
+        job.stop()
+        predictor.stop()
+        raise
     yield {"df": df, "table": table, "names": names, "version": version, "job": job, "log": tmp_path / "log"}
     job.stop()
     predictor.stop()
