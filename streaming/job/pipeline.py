@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
 from streaming.io.events import DEFAULT_MAX_BYTES, SCHEMA_ATTRIBUTE, SCHEMA_LABEL, SCHEMA_TRANSACTION, EVENT_TIME_ATTRIBUTE, DeadLetter, EventError, check_topic, format_time, parse
 from streaming.io.encoding import dead_letter, encode_dead_letter
-from models.online import LEARNERS
+from models.online import DEFAULT_LEARNER, LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.job.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
@@ -85,7 +85,7 @@ class JobConfig:
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
     label_producers: tuple[str, ...] = ()  # when set, labels must carry a `producer` attribute naming one
-    online_learner: str = "linear"
+    online_learner: str = DEFAULT_LEARNER
     learner_shards: int = 1
     online_min_class_labels: int = 10
     online_warm_start: bool = True
@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
     add_trust_arguments(scoring, signs=True)
-    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default="linear",
-                         help="the online River learner (default linear; see docs/online-learning.md)")
+    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default=DEFAULT_LEARNER,
+                         help="the online learner (default binned: chosen on validation weeks; see docs/online-learning.md)")
     scoring.add_argument("--learner-shards", type=int, default=1,
                          help="learner keys examples are hashed to; their members are combined into one "
                               "served snapshot (default 1)")
