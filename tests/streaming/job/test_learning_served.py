@@ -166,3 +166,19 @@ def test_rows_below_the_count_are_reported_when_the_seconds_pass_and_old_days_ar
 def test_bad_settings_are_refused_with_their_names():
     with pytest.raises(ValueError, match="every_rows must be >= 1"):
         ServedFiguresFn(every_rows=0)
+
+
+def test_the_monitoring_gauges_publish_the_online_events_too():
+    from prometheus_client import generate_latest
+
+    from models.monitoring import MonitoringGauges
+
+    gauges = MonitoringGauges()
+    figures = {"average_precision": 0.7, "card_precision@100": 0.3, "transactions": 10}
+    gauges.publish({"kind": "online_served", "labels_joined": 10, "overall": {"online_served": figures},
+                    "days": {"2026-01-01": {"xgboost": {**figures, "average_precision": 0.8}}}})
+    gauges.publish({"kind": "online_snapshot", "learner_key": "learner", "average_precision": 0.65})
+    text = generate_latest(gauges.registry).decode()
+    assert 'streamscore_online_served_quality{metric="average_precision",model="online_served",period="kept_days"} 0.7' in text
+    assert 'streamscore_online_served_quality{metric="average_precision",model="xgboost",period="latest_day"} 0.8' in text
+    assert 'streamscore_online_prequential_quality{learner_key="learner",metric="average_precision"} 0.65' in text
