@@ -69,6 +69,8 @@ class LogRecord(NamedTuple):
     features: tuple[float, ...]
     score: float
     model_version: str
+    online_score: float | None = None  # what the online model served (streaming.job.served)
+    online_model_version: str | None = None
 
 
 class LogRow(NamedTuple):
