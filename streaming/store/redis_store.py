@@ -241,21 +241,43 @@ class StoreReader:
         self.spec = spec
         self._client = config.client(timeout)
 
-    def fetch(self, customer_id: str, terminal_id: str) -> tuple[StoredState | None, StoredState | None]:
-        """The stored states (None for a key the store does not have); StoreUnavailableError if unreachable."""
+    def fetch(self, customer_id: str, terminal_id: str, transaction_id: str | None = None
+              ) -> tuple[StoredState | None, StoredState | None]:
+        """The stored states (None for a key the store does not have); StoreUnavailableError if unreachable.
+
+        With ``transaction_id``, the states are throw-away copies to featurise that transaction
+        (``decode_state(..., for_transaction=)``: their ids are decoded only if needed)."""
         config = self.config
         try:
             customer, terminal = self._client.mget((config.customer_key(customer_id), config.terminal_key(terminal_id)))
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"online store {redact(config.url)} is unreachable: "
                                         f"{type(exc).__name__}: {exc}") from None
-        return self._decode(customer, "customer"), self._decode(terminal, "terminal")
+        return (self.decode(customer, "customer", transaction_id),
+                self.decode(terminal, "terminal", transaction_id))
 
-    def _decode(self, value: bytes | None, kind: str) -> StoredState | None:
+    def fetch_many(self, pairs) -> list:
+        """The stored values of many (customer_id, terminal_id) pairs in one MGET: a list of
+        (customer bytes | None, terminal bytes | None), in order (decode each with :meth:`decode`).
+        StoreUnavailableError if unreachable."""
+        config = self.config
+        keys = []
+        for customer_id, terminal_id in pairs:
+            keys.append(config.customer_key(customer_id))
+            keys.append(config.terminal_key(terminal_id))
+        try:
+            values = self._client.mget(keys) if keys else []
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"online store {redact(config.url)} is unreachable: "
+                                        f"{type(exc).__name__}: {exc}") from None
+        return list(zip(values[0::2], values[1::2]))
+
+    def decode(self, value: bytes | None, kind: str, transaction_id: str | None = None) -> StoredState | None:
+        """One fetched value as a state of ``kind`` (None: the store had none); StoreUnavailableError if unreadable."""
         if value is None:
             return None
         try:
-            stored = decode_state(value, self.spec)
+            stored = decode_state(value, self.spec, for_transaction=transaction_id)
         except StateDecodeError as exc:
             raise StoreUnavailableError(f"online store holds an unreadable {kind} state: {exc}") from None
         if stored.kind != kind:
