@@ -16,7 +16,7 @@ import pytest
 from models.predictor.errors import InvalidArgument, PredictorError, StoreUnavailable
 from models.predictor.raw_input import RawTransactions
 from protos.streamscore.v1 import events_pb2, scorer_pb2
-from tests.models.predictor.conftest import booster, make_scorer  # noqa: F401 - fixtures
+from tests.models.predictor.conftest import train_booster
 from streaming.features.spec import DAY_NS, DEFAULT_SPEC
 from streaming.features.state import CustomerState, TerminalState
 from streaming.store.encoding import encode_state
@@ -139,11 +139,15 @@ class _SlowWriteContext:
         return None
 
 
-def test_score_stream_shares_mgets_and_answers_as_score(store, make_scorer):
+def test_score_stream_shares_mgets_and_answers_as_score(store):
+    from models.predictor.core import Model, Scorer
     from models.predictor.service import ScorerService
 
+    scorer = Scorer()
+    scorer.swap(Model.from_booster(train_booster(), "v1", scorer.feature_names))
+
     reader = CountingReader(store, DEFAULT_SPEC)
-    service = ScorerService(make_scorer(), raw=RawTransactions(reader))
+    service = ScorerService(scorer, raw=RawTransactions(reader))
     messages = _messages() * 8
     requests = [scorer_pb2.ScoreRequest(transaction_id=m.transaction_id, transaction=m) for m in messages]
 
