@@ -95,9 +95,12 @@ class StoreConfig:
     def terminal_key(self, terminal_id: str) -> str:
         return f"{self.prefix}:{self.spec_hash[:16]}:t:{terminal_id}"
 
-    def client(self, timeout: float | None = None) -> redis.Redis:
+    def client(self, timeout: float | None = None, *, dedicated: bool = False) -> redis.Redis:
+        """A redis-py client; ``dedicated``: one connection of its own, not a pool (no pool
+        checkout per command: ~5-10 us less per round trip; thread-safe by redis-py's lock)."""
         timeout = self.socket_timeout if timeout is None else timeout
-        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                    single_connection_client=dedicated)
 
 
 @dataclass
@@ -231,7 +234,8 @@ def writer_for(config: StoreConfig, user: str = "") -> StoreWriter:
 
 
 class StoreReader:
-    """The predictor's read side: a card's and a terminal's state in one round trip (MGET)."""
+    """The predictor's read side: a card's and a terminal's state in one round trip (MGET), on a
+    connection of its own; :meth:`fetch_many`: many pairs in one MGET (a ScoreStream batch)."""
 
     def __init__(self, config: StoreConfig, spec: FeatureSpec, *, timeout: float = 0.25):
         if config.spec_hash != spec.spec_hash:
@@ -239,7 +243,15 @@ class StoreReader:
                              f"{spec.spec_hash[:12]}")
         self.config = config
         self.spec = spec
-        self._client = config.client(timeout)
+        self._timeout = timeout
+        self._dedicated: redis.Redis | None = None  # connected on first use (the store may be down at start)
+
+    @property
+    def _client(self) -> redis.Redis:
+        client = self._dedicated
+        if client is None:  # redis-py connects a dedicated client at once: RedisError while the store is down
+            client = self._dedicated = self.config.client(self._timeout, dedicated=True)
+        return client
 
     def fetch(self, customer_id: str, terminal_id: str, transaction_id: str | None = None
               ) -> tuple[StoredState | None, StoredState | None]:
