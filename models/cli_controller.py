@@ -32,13 +32,14 @@ import time
 import dataclasses
 import datetime as dt
 
-from models.controller import (Bounds, ControllerConfig, Decision, State, TriggerConfig, alarm_of, decide,
-                               decide_retrain, live_evidence)
+from models.controller import (Bounds, ControllerConfig, Decision, Incident, State, TriggerConfig, alarm_of,
+                               decide, decide_retrain, live_evidence)
 from models.controller_inputs import (ExampleLogRows, MonitoringEvents, MonitoringLines, MonitoringSubscription,
                                       ScoreLinesRows, ShadowLogReader, combined_rows, known_labels)
 from models.registry import CHALLENGER, Registry, RegistryError
 
 ACTOR = "streamscore controller"
+RETRAIN_ACTOR = "streamscore retrain"  # models.retrain.ACTOR (not imported here: it pulls in training)
 #: The controller's own audit actions (a watch is open from a promote until a confirm or rollback).
 WATCH_EVENTS = ("promote", "confirm", "rollback")
 
@@ -90,10 +91,28 @@ class Trigger:
     spec: str | None = None
 
 
-def last_retrain(registry: Registry) -> float | None:
-    """When the controller last started a retrain (its newest ``retrain`` event), in epoch seconds."""
-    mine = [e for e in registry.events() if e["actor"] == ACTOR and e["action"] == "retrain"]
-    return dt.datetime.fromisoformat(mine[-1]["at"]).timestamp() if mine else None
+def _seconds(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def trigger_history(registry: Registry, production: str | None) -> tuple[float | None, Incident | None, float | None]:
+    """From the audit log and the alias log: when the controller last started a retrain, the
+    open :class:`~models.controller.Incident` (the newest alarm-started retrain and what
+    followed it), and when production was last moved — all read back, so the controller keeps
+    no state of its own."""
+    events = registry.events()
+    starts = [i for i, e in enumerate(events) if e["actor"] == ACTOR and e["action"] == "retrain"]
+    last = _seconds(events[starts[-1]]["at"]) if starts else None
+    alarmed = [i for i in starts if events[i]["details"].get("trigger") == "alarm"]
+    incident = None
+    if alarmed:
+        first, after = events[alarmed[-1]], events[alarmed[-1]:]
+        alarms = first["details"].get("alarms") or [{}]
+        incident = Incident(first["at"], first["version"], alarms[0].get("detail", first["reason"]),
+                            sum(e["actor"] == ACTOR and e["action"] == "retrain" for e in after),
+                            any(e["actor"] == RETRAIN_ACTOR and e["action"] in ("shadow", "promote") for e in after))
+    moves = registry.alias()["log"]
+    return last, incident, (_seconds(moves[-1]["at"]) if moves and production is not None else None)
 
 
 def trigger_step(registry: Registry, trigger: Trigger, state: State, *, dry_run: bool = False,
@@ -114,7 +133,9 @@ def trigger_step(registry: Registry, trigger: Trigger, state: State, *, dry_run:
             continue
         if alarm is not None:
             alarms.append(alarm)
-    decision = decide_retrain(state, trigger.config, alarms, now=clock(), last_retrain=last_retrain(registry))
+    last, incident, production_since = trigger_history(registry, state.production)
+    decision = decide_retrain(state, trigger.config, alarms, now=clock(), last_retrain=last, incident=incident,
+                              production_since=production_since)
     out = {**decision.to_dict(), "events": len(raw), "unreadable": len(unreadable)}
     if unreadable:
         out["metrics"] = {**out["metrics"], "unreadable": unreadable[:5]}
@@ -128,7 +149,8 @@ def trigger_step(registry: Registry, trigger: Trigger, state: State, *, dry_run:
         windows = {"train_days": config.train_days, "delay_days": config.delay_days, "eval_days": config.eval_days}
         registry.record_event("retrain", actor=ACTOR, version=decision.version, reason=decision.reason,
                               details={**out["metrics"], "source": trigger.source, **windows,
-                                       "cooldown_seconds": trigger.config.cooldown_seconds})
+                                       "cooldown_seconds": trigger.config.cooldown_seconds,
+                                       "retries": trigger.config.retries})
         try:
             summary = retrain_from(trigger.source, registry, config, trigger.spec)
         except (ValueError, FileNotFoundError, RegistryError) as exc:
@@ -212,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--retrain-cooldown", type=float, default=3600.0, metavar="SECONDS",
                    help="no second retrain within this many seconds of one (alarms meanwhile are absorbed, audited; "
                         "default 3600)")
+    t.add_argument("--retrain-retries", type=int, default=0, metavar="N",
+                   help="retry an alarm's retrain up to N times, a cooldown apart, while no challenger trained for it "
+                        "passed the gate (the first may come before the drift has labels; default 0)")
     t.add_argument("--monitoring-subscription", metavar="S",
                    help="Pub/Sub subscription to the job's monitoring topic (a name with --project, or "
                         "projects/P/subscriptions/S)")
@@ -256,11 +281,11 @@ def build_trigger(parser: argparse.ArgumentParser, args) -> Trigger | None:
     from models.retrain import RetrainConfig
 
     try:
-        config = TriggerConfig(args.retrain_on_alarm, args.retrain_cooldown, args.retrain_every)
+        config = TriggerConfig(args.retrain_on_alarm, args.retrain_cooldown, args.retrain_every, args.retrain_retries)
         rule = gate.GateRule(args.gate_margin, args.gate_confidence, args.gate_resamples, args.seed)
     except ValueError as exc:
         parser.error(str(exc).replace("cooldown_seconds", "--retrain-cooldown")
-                     .replace("schedule_seconds", "--retrain-every"))
+                     .replace("schedule_seconds", "--retrain-every").replace("retries", "--retrain-retries"))
     events = None
     if args.monitoring_subscription:
         name = args.monitoring_subscription

@@ -305,18 +305,35 @@ def alarm_of(event: Mapping) -> Alarm | None:
 @dataclasses.dataclass(frozen=True)
 class TriggerConfig:
     """When ``streamscore controller`` starts a retrain: on an alarm (``on_alarm``) and/or every
-    ``schedule_seconds``; never twice within ``cooldown_seconds`` (one alarm, one retrain)."""
+    ``schedule_seconds``; never twice within ``cooldown_seconds`` (one alarm, one retrain); an
+    alarm whose retrain was refused is retried up to ``retries`` times, a cooldown apart."""
 
     on_alarm: bool = True
     cooldown_seconds: float = 3600.0
     schedule_seconds: float | None = None
+    retries: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
         if not (math.isfinite(self.cooldown_seconds) and self.cooldown_seconds >= 0):
             raise ValueError(f"cooldown_seconds must be a number >= 0, got {self.cooldown_seconds!r}")
         if self.schedule_seconds is not None and not (math.isfinite(self.schedule_seconds)
                                                       and self.schedule_seconds > 0):
             raise ValueError(f"schedule_seconds must be a number > 0 (or unset), got {self.schedule_seconds!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Incident:
+    """The newest alarm that started a retrain: when, on which production version, what it
+    said; how many retrains ran since (itself included), and whether one of their challengers
+    passed the gate (``resolved``: it went to shadow or production)."""
+
+    at: str
+    version: str | None
+    detail: str
+    attempts: int
+    resolved: bool
 
 
 def _alarm_counts(alarms) -> str:
@@ -326,8 +343,8 @@ def _alarm_counts(alarms) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
 
 
-def decide_retrain(state: State, config: TriggerConfig, alarms, *, now: float,
-                   last_retrain: float | None) -> Decision:
+def decide_retrain(state: State, config: TriggerConfig, alarms, *, now: float, last_retrain: float | None,
+                   incident: Incident | None = None, production_since: float | None = None) -> Decision:
     """Whether to start a retrain now (the trigger's one rule set; ``now`` and ``last_retrain``,
     the time of the controller's newest ``retrain`` event, in seconds since the epoch):
 
@@ -336,8 +353,15 @@ def decide_retrain(state: State, config: TriggerConfig, alarms, *, now: float,
       model being judged is the answer to the alarm);
     * a retrain started less than ``cooldown_seconds`` ago: absorbed (one alarm, one retrain —
       a drift raises many alarms while the new model is trained and judged);
-    * otherwise an alarm (with ``on_alarm``) → ``retrain``; no alarm but ``schedule_seconds``
-      passed since the last retrain (or none ever ran) → ``retrain`` (scheduled).
+    * otherwise an alarm (with ``on_alarm``) → ``retrain``;
+    * no alarm, but the last alarm's retrains were all refused (the challenger trained before the
+      drift had labels is no better): the next retry, up to ``retries`` (``incident``: see
+      :class:`Incident`; an incident about a replaced production version is over);
+    * no alarm but ``schedule_seconds`` passed since the last retrain and since production was
+      put in place (``production_since``; or neither is known) → ``retrain`` (scheduled).
+
+    Each decision's ``metrics["trigger"]`` says which rule started a retrain (``alarm``,
+    ``retry``, ``schedule``).
 
     >>> a = Alarm("drift", "v1", None, "ADWIN drift")
     >>> decide_retrain(State("v1", None, None), TriggerConfig(), [a], now=100.0, last_retrain=None).action
@@ -365,12 +389,20 @@ def decide_retrain(state: State, config: TriggerConfig, alarms, *, now: float,
         if cooling:
             return Decision("absorb", state.production, f"{what}; not retraining: a retrain started {since:.0f} s "
                             f"ago, within the cooldown of {config.cooldown_seconds:g} s", metrics)
-        return Decision("retrain", state.production, f"retrain on {what}", metrics)
+        return Decision("retrain", state.production, f"retrain on {what}", {**metrics, "trigger": "alarm"})
     if stale:
         return Decision("absorb", state.production, f"{stale} stale alarm(s) about versions no longer in production "
                         f"({_alarm_counts(alarms)}) ignored", metrics)
-    if config.schedule_seconds is not None and not busy and (since is None or since >= config.schedule_seconds):
+    if (incident is not None and not incident.resolved and incident.version == state.production and not busy
+            and not cooling and incident.attempts <= config.retries):
+        return Decision("retrain", state.production, f"retry {incident.attempts} of {config.retries} for the alarm "
+                        f"of {incident.at} ({incident.detail}): no challenger trained for it passed the gate yet",
+                        {**metrics, "trigger": "retry", "incident": dataclasses.asdict(incident)})
+    known = [t for t in (last_retrain, production_since) if t is not None]
+    age = now - max(known) if known else None
+    if config.schedule_seconds is not None and not busy and (age is None or age >= config.schedule_seconds):
         return Decision("retrain", state.production, "scheduled retrain: "
-                        + ("none ran before" if since is None else f"the last one started {since:.0f} s ago")
-                        + f" (every {config.schedule_seconds:g} s)", metrics)
+                        + ("no retrain or promotion known" if age is None else
+                           f"nothing retrained or promoted for {age:.0f} s")
+                        + f" (every {config.schedule_seconds:g} s)", {**metrics, "trigger": "schedule"})
     return Decision("wait", state.production, "no alarm" + (f"; {busy}" if busy else ""), metrics)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from models.controller import Alarm, State, TriggerConfig, alarm_of, decide_retrain
+from models.controller import Alarm, Incident, State, TriggerConfig, alarm_of, decide_retrain
 from models.controller_inputs import MonitoringLines
 from models.monitoring import monitoring_event
 from models.registry import CHALLENGER, Registry
@@ -52,10 +53,28 @@ def test_a_schedule_retrains_when_none_ran_for_its_period():
     due = decide_retrain(State("v1", None, None), config, [], now=3600.0, last_retrain=0.0)
     assert due.action == "retrain" and "scheduled" in due.reason
     assert decide_retrain(State("v1", "v2", None), config, [], now=9e9, last_retrain=0.0).action == "wait"
+    fresh = decide_retrain(State("v1", None, None), config, [], now=5000.0, last_retrain=None, production_since=4000.0)
+    assert fresh.action == "wait"  # production was put in place 1000 s ago: not due
     with pytest.raises(ValueError, match="schedule_seconds must be a number > 0"):
         TriggerConfig(schedule_seconds=0)
     with pytest.raises(ValueError, match="cooldown_seconds must be a number >= 0"):
         TriggerConfig(cooldown_seconds=-1)
+
+
+def test_a_refused_alarm_retrain_is_retried_a_cooldown_apart_until_one_passes_the_gate():
+    config, state = TriggerConfig(cooldown_seconds=100, retries=2), State("v1", None, None)
+    refused_once = Incident("2018-04-11T00:00:00+00:00", "v1", "ADWIN drift", attempts=1, resolved=False)
+    assert decide_retrain(state, config, [], now=150.0, last_retrain=100.0, incident=refused_once).action == "wait"
+    retry = decide_retrain(state, config, [], now=200.0, last_retrain=100.0, incident=refused_once)
+    assert retry.action == "retrain" and retry.metrics["trigger"] == "retry" and "retry 1 of 2" in retry.reason
+    spent = dataclasses.replace(refused_once, attempts=3)
+    assert decide_retrain(state, config, [], now=900.0, last_retrain=100.0, incident=spent).action == "wait"
+    passed = dataclasses.replace(refused_once, resolved=True)
+    assert decide_retrain(state, config, [], now=900.0, last_retrain=100.0, incident=passed).action == "wait"
+    replaced = dataclasses.replace(refused_once, version="v0")  # production moved on since: the incident is over
+    assert decide_retrain(state, config, [], now=900.0, last_retrain=100.0, incident=replaced).action == "wait"
+    assert decide_retrain(state, TriggerConfig(cooldown_seconds=100), [], now=900.0, last_retrain=100.0,
+                          incident=refused_once).action == "wait"  # retries 0: no retry
 
 
 def test_which_monitoring_events_are_alarms():
@@ -153,25 +172,34 @@ def test_a_drift_alarm_retrains_once_the_challenger_goes_to_shadow_and_later_ala
     assert stale["action"] == "absorb" and "stale" in stale["reason"]
 
 
-def test_a_challenger_trained_on_shuffled_labels_is_refused_and_a_failed_retrain_is_audited(drifted, tmp_path, capsys):
+def test_a_challenger_trained_on_shuffled_labels_is_refused_retried_and_a_failed_retrain_is_audited(drifted, tmp_path, capsys):
     table, path, reg, registry, first = drifted
     shuffled = table.assign(TX_FRAUD=np.random.default_rng(0).permutation(table["TX_FRAUD"].to_numpy()))
     bad = tmp_path / "shuffled.parquet"
     shuffled.to_parquet(bad)
-    flags = ["--retrain-every", "3600", "--retrain-source", str(bad), "--retrain-nthread", "1",
-             "--gate-resamples", "200"]
+    # On a schedule: production was promoted just now, so a retrain is not due yet.
+    assert _controller(capsys, reg, "--retrain-every", "3600", "--retrain-source", str(bad))["action"] == "wait"
+    alarms = tmp_path / "monitoring.jsonl"
+    _alarm(alarms, first)
+    flags = ["--retrain-on-alarm", "--monitoring-from", str(alarms), "--retrain-source", str(bad),
+             "--retrain-nthread", "1", "--gate-resamples", "200", "--retrain-retries", "1", "--retrain-cooldown", "0"]
     step = _controller(capsys, reg, *flags)
-    assert step["action"] == "retrain" and "scheduled retrain: none ran before" in step["reason"]
+    assert step["action"] == "retrain" and step["metrics"]["trigger"] == "alarm"
     refused = step["retrain"]
     assert not refused["shadow"] and not refused["promoted"]
     assert registry.alias()["version"] == first and registry.alias(CHALLENGER)["version"] is None
     assert registry.events(refused["version"])[-1]["action"] == "refuse"
-    assert _controller(capsys, reg, *flags)["action"] == "wait"  # the schedule: not due again yet
+    # Refused: the alarm's retrain is retried once (a cooldown later: 0 s here), then no more.
+    alarms.write_text("")
+    retry = _controller(capsys, reg, *flags)
+    assert retry["action"] == "retrain" and retry["metrics"]["trigger"] == "retry" and "retry 1 of 1" in retry["reason"]
+    assert _controller(capsys, reg, *flags)["action"] == "wait"
 
     short = tmp_path / "short.parquet"
     table[table["TX_DATETIME"] < "2018-06-10"].to_parquet(short)
-    failed = _controller(capsys, reg, "--retrain-every", "1", "--retrain-cooldown", "0", "--retrain-source",
-                         str(short), "--retrain-nthread", "1")
+    _alarm(alarms, first)
+    failed = _controller(capsys, reg, "--retrain-on-alarm", "--monitoring-from", str(alarms), "--retrain-cooldown", "0",
+                         "--retrain-source", str(short), "--retrain-nthread", "1")
     assert failed["action"] == "retrain" and "needs train_days + eval_days + delay_days" in failed["retrain"]["error"]
     assert registry.events()[-1]["action"] == "retrain-failed"
 
