@@ -204,6 +204,22 @@ def test_a_challenger_trained_on_shuffled_labels_is_refused_retried_and_a_failed
     assert registry.events()[-1]["action"] == "retrain-failed"
 
 
+def test_the_retrain_source_may_be_the_streams_labelled_example_log(drifted, tmp_path, capsys):
+    """``--retrain-source DIR``: the job's ``stream --example-log`` layout (``day=YYYY-MM-DD/*.parquet``)."""
+    table, path, reg, registry, first = drifted
+    log = tmp_path / "example-log"
+    for day, rows in table.groupby(table["TX_DATETIME"].dt.date):
+        (log / f"day={day}").mkdir(parents=True)
+        rows.assign(label_status="confirmed", score=0.0, model_version=first).to_parquet(
+            log / f"day={day}" / "part-0.parquet")
+    alarms = tmp_path / "monitoring.jsonl"
+    _alarm(alarms, first)
+    step = _controller(capsys, reg, "--retrain-on-alarm", "--monitoring-from", str(alarms), "--retrain-source", str(log),
+                       "--retrain-nthread", "1", "--gate-resamples", "200")
+    assert step["action"] == "retrain" and step["retrain"]["shadow"] and step["retrain"]["rows"] == len(table)
+    assert registry.alias(CHALLENGER)["version"] == step["retrain"]["version"]
+
+
 def test_trigger_flags_are_checked(drifted, capsys):
     _, path, reg, _, _ = drifted
     for flags, message in ((["--retrain-on-alarm", "--retrain-source", str(path)], "needs --monitoring-subscription"),
