@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="monitoring events as JSON lines (a file, or a directory of *.jsonl) instead of Pub/Sub; "
                         "repeatable")
     t.add_argument("--retrain-source", metavar="TABLE|DIR",
-                   help="what the retrain reads: a feature table (.parquet, `streamscore featurize`) or the job's labelled-example log directory (`stream --example-log DIR`)")
+                   help="what the retrain reads: a feature table (.parquet, `streamscore featurize`) or the job's "
+                        "labelled-example log directory (`stream --example-log DIR`)")
     t.add_argument("--retrain-train-days", type=int, default=7, help="challenger training days (default 7)")
     t.add_argument("--retrain-delay-days", type=int, default=7, help="label delay in days (default 7)")
     t.add_argument("--retrain-eval-days", type=int, default=7, help="days of the gate's window (default 7)")

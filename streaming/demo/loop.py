@@ -4,12 +4,12 @@ With ``--drift-day`` the demo's traffic drifts (:func:`streaming.sim.simulator.s
 ``drift_day`` / ``drift_kind``) and the loop runs beside the stream, as it would in production:
 
 * the predictor scores the registry's ``challenger`` in shadow (``serve --shadow-log``);
-* :class:`LoopRecorder` plays the data platform's part: the *nightly featurize* — each time the
-  replay crosses midnight (event time), the batch featurizer's table of every transaction
-  published before that midnight is written to ``WORKDIR/loop/features.parquet`` (the retrain
-  source; the same feature code as the stream) — and the score lines the controller watches
-  (``WORKDIR/loop/scores.jsonl``: each score as it arrives, again with its label once the
-  label has been published);
+* the job writes its labelled-example log (``stream --example-log WORKDIR/example-log``): every
+  scored transaction's features, score and model version once its label has arrived — the
+  retrain's source, so the challenger trains on exactly what the stream scored;
+* :class:`LoopRecorder` writes the score lines the controller watches a promotion with
+  (``WORKDIR/loop/scores.jsonl``: each score as it arrives, again with its label once the label
+  has been published: a timely alert rate, and cheap to re-read every tick);
 * ``streamscore controller`` (a process, like the predictor and the job) reads the job's
   ``monitoring`` topic: a drift alarm starts a retrain (gate → shadow or refuse), the shadow
   is promoted after :data:`SHADOW_EVENTS` events, the promotion is watched and rolled back if
@@ -35,13 +35,21 @@ from streaming.io.publish import LabelDelay
 
 LABEL_DELAY = LabelDelay(fraud_days=(1.0, 2.0), genuine_days=2.0)
 #: The retrain's windows in days: labels are complete ``delay`` days after a transaction (LABEL_DELAY).
-RETRAIN = {"train": 6, "eval": 3, "delay": 2}
+RETRAIN = {"train": 5, "eval": 4, "delay": 2}
 SHADOW_EVENTS = 200  # events the challenger is scored in shadow before the controller promotes it
 WATCH = {"min_scored": 150, "min_labelled": 150, "window_days": 3, "min_ap": 0.5}
-COOLDOWN_S = 12.0  # wall-clock seconds between two retrains (the replay runs ~3 s per simulated day)
+COOLDOWN_S = 12.0  # wall-clock seconds between two retrains (about 3.5 simulated days of the replay)
 RETRIES = 3  # an alarm's retrain is retried while its challengers are refused (the first has no post-drift labels)
-DAYS = 28  # the replay's default length with --drift-day (room for retrain, shadow and watch after the drift)
+#: The traffic with --drift-day: 28 days leave room for retrain, shadow and watch after the drift; 150 cards give
+#: the gate's window (cards without an earlier fraud) enough rows to decide; ~3.4 s of replay per simulated day.
+DEFAULTS = {"customers": 150, "terminals": 300, "days": 28, "rate": 150.0}
 SUBSCRIPTION = "monitoring-controller"
+EXAMPLE_LOG = "example-log"  # under the workdir: the job's --example-log, the controller's --retrain-source
+
+
+def job_args(workdir: Path) -> list[str]:
+    """The streaming job's extra flags with --drift-day."""
+    return ["--example-log", str(Path(workdir) / EXAMPLE_LOG)]
 
 
 def controller_args(registry: Path, workdir: Path, emulator, trust: list[str], seed: int) -> list[str]:
@@ -52,7 +60,7 @@ def controller_args(registry: Path, workdir: Path, emulator, trust: list[str], s
             "--min-scored", str(WATCH["min_scored"]), "--min-labelled", str(WATCH["min_labelled"]),
             "--window-days", str(WATCH["window_days"]), "--min-ap", str(WATCH["min_ap"]), "--interval", "1",
             "--retrain-on-alarm", "--monitoring-subscription", SUBSCRIPTION, "--project", emulator.project,
-            "--emulator-host", emulator.host_port, "--retrain-source", str(loop / "features.parquet"),
+            "--emulator-host", emulator.host_port, "--retrain-source", str(workdir / EXAMPLE_LOG),
             "--retrain-train-days", str(RETRAIN["train"]), "--retrain-eval-days", str(RETRAIN["eval"]),
             "--retrain-delay-days", str(RETRAIN["delay"]), "--retrain-cooldown", str(COOLDOWN_S),
             "--retrain-retries", str(RETRIES),
@@ -60,18 +68,14 @@ def controller_args(registry: Path, workdir: Path, emulator, trust: list[str], s
 
 
 class LoopRecorder:
-    """The nightly feature table, the controller's score lines, and the AP of each phase."""
+    """The controller's score lines, the replay's day, and the AP of each phase."""
 
     def __init__(self, workdir: Path, df: pd.DataFrame, drift_day: int):
-        from streaming.features.batch import featurize_frame
-
         self.dir = Path(workdir) / "loop"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.table = featurize_frame(df)
         self.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
         self.cards = dict(zip(df["TRANSACTION_ID"].astype(str), df["CUSTOMER_ID"].astype(str)))
         self.drift_date = (df["TX_DATETIME"].min().normalize() + pd.Timedelta(days=drift_day)).date()
-        self.released: str | None = None  # the last midnight whose table was written
         self.day: str | None = None  # the event day being published
         self._scored: dict[str, dict] = {}
         self._label_published: set[str] = set()
@@ -81,19 +85,7 @@ class LoopRecorder:
 
     # -- the publisher's side
     def on_transaction(self, event) -> None:
-        day = event.event_time.date().isoformat()
-        if day != self.day:
-            self.day = day
-            self._release(day)
-
-    def _release(self, day: str) -> None:
-        """The nightly featurize: everything published before ``day``'s midnight."""
-        rows = self.table[self.table["TX_DATETIME"] < pd.Timestamp(day)]
-        if len(rows):
-            tmp = self.dir / "features.parquet.tmp"
-            rows.to_parquet(tmp)
-            tmp.replace(self.dir / "features.parquet")
-            self.released = day
+        self.day = event.event_time.date().isoformat()
 
     def on_label(self, event) -> None:
         with self._lock:

@@ -62,6 +62,10 @@ MALFORMED = (
 )
 
 
+#: The traffic's defaults; with --drift-day, streaming.demo.loop.DEFAULTS (more cards, so the gate's window has some).
+DEFAULTS = {"customers": 100, "terminals": 200, "days": 21, "rate": 100.0}
+
+
 def _utc_now() -> str:
     import datetime as dt
 
@@ -74,12 +78,12 @@ def _interrupt(signum, frame):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run the local demo stack end to end.")
-    parser.add_argument("--customers", type=int, default=100)
-    parser.add_argument("--terminals", type=int, default=200)
+    parser.add_argument("--customers", type=int, help="simulated cards (default 100; 150 with --drift-day)")
+    parser.add_argument("--terminals", type=int, help="simulated terminals (default 200; 300 with --drift-day)")
     parser.add_argument("--days", type=int, help="days of live traffic to replay (default 21; 28 with --drift-day)")
     parser.add_argument("--history-days", type=int, default=60, help="days of simulated history to train on")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=100.0, help="messages per second to publish (default 100)")
+    parser.add_argument("--rate", type=float, help="messages per second to publish (default 100; 150 with --drift-day)")
     parser.add_argument("--registry", type=Path,
                         help="model registry (default ./registry; with --drift-day a new one in the workdir)")
     parser.add_argument("--drift-day", type=int,
@@ -132,8 +136,9 @@ def wait_until_consuming(publisher, topic: str, progress: Progress, alive, timeo
 def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script with cleanup
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.days is None:
-        args.days = demo_loop.DAYS if args.drift_day is not None else 21
+    for name, default in (demo_loop.DEFAULTS if args.drift_day is not None else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.drift_day is not None and not 0 <= args.drift_day < args.days:
         parser.error(f"--drift-day must be a day of the replay, 0 <= N < --days ({args.days}), got {args.drift_day}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamscore-up-"))
@@ -178,7 +183,7 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         job = spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
                       "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
                       "--snapshot-every-labels", str(args.snapshot_every_labels), "--online-store", store.url,
-                      *job_trust], Path(logs["streaming job"]))
+                      *job_trust, *(demo_loop.job_args(workdir) if drifting else [])], Path(logs["streaming job"]))
         df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed,
                       **({"drift_day": args.drift_day, "drift_kind": args.drift_kind} if drifting else {}))
         if drifting:
@@ -248,7 +253,8 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         else:
             status = f"timed out after {args.timeout:g} s"
         print("\r" + status_line(progress, time.monotonic() - started, width), flush=True)
-        raw_result = raw_check(f"127.0.0.1:{port}", df, progress)
+        serving = feed.registry.alias()["version"] if feed is not None else None  # a promotion changes the scores
+        raw_result = raw_check(f"127.0.0.1:{port}", df, progress, serving)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\n{PROG}: interrupted, shutting down ...", flush=True)

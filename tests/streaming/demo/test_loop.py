@@ -8,11 +8,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from models.evaluation import read_feature_table
 from models.registry import Registry
 from streaming.demo import loop
 from streaming.demo.up import run
-from streaming.features.spec import DEFAULT_SPEC
 from streaming.sim.simulator import simulate
 
 
@@ -27,17 +25,16 @@ def _tx(df, i):
                            event_time=row["TX_DATETIME"].tz_localize("UTC").to_pydatetime())
 
 
-def test_the_nightly_table_holds_only_what_was_published_before_midnight(drifting, tmp_path):
+def test_the_replay_day_follows_the_published_transactions_and_the_job_logs_examples(drifting, tmp_path):
     recorder = loop.LoopRecorder(tmp_path, drifting, drift_day=3)
-    assert str(recorder.drift_date) == "2018-04-04"
-    days = drifting["TX_DATETIME"].dt.date
-    first_of_day3 = int((days == pd.Timestamp("2018-04-03").date()).to_numpy().argmax())
-    for i in range(first_of_day3 + 1):
-        recorder.on_transaction(_tx(drifting, i))
-    table = read_feature_table(tmp_path / "loop" / "features.parquet", DEFAULT_SPEC.names)
-    assert recorder.released == "2018-04-03"
-    assert table["TX_DATETIME"].max() < pd.Timestamp("2018-04-03")
-    assert len(table) == int((days < pd.Timestamp("2018-04-03").date()).sum())
+    assert str(recorder.drift_date) == "2018-04-04" and recorder.day is None
+    recorder.on_transaction(_tx(drifting, len(drifting) - 1))
+    assert recorder.day == str(drifting["TX_DATETIME"].iloc[-1].date())
+    flags = loop.job_args(tmp_path)
+    assert flags == ["--example-log", str(tmp_path / "example-log")]
+    args = loop.controller_args(tmp_path / "reg", tmp_path, SimpleNamespace(project="p", host_port="h:1"), [], 0)
+    assert args[args.index("--retrain-source") + 1] == flags[1]  # the controller retrains on what the job logged
+    assert args[args.index("--retrain-retries") + 1] == str(loop.RETRIES)
 
 
 def test_score_lines_carry_the_label_once_it_was_published_in_either_order(drifting, tmp_path):
