@@ -59,7 +59,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from models.online import DriftMonitor, OnlineLearner
+from models.online import DEFAULT_LEARNER, DriftMonitor, OnlineLearner
 from models.online_shards import combine, combined_key, shard_key, shard_of
 from streaming.io.encoding import _safe_text
 from streaming.io.events import SCHEMA_ATTRIBUTE
@@ -110,7 +110,7 @@ class LearnerFn(beam.DoFn):
 
     def __init__(self, registry: str, spec: FeatureSpec, predictor: str | None, *,
                  snapshot_every_labels: int = 500, snapshot_every_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.time, learner: str = "linear", shards: int = 1,
+                 clock: Callable[[], float] = time.time, learner: str = DEFAULT_LEARNER, shards: int = 1,
                  min_class_labels: int = 10, warm_start: bool = True, signing_key_file: str | None = None,
                  predictor_token_file: str | None = None, predictor_tls_ca_file: str | None = None,
                  snapshot_retry_seconds: float = 1.0, snapshot_retry_max_seconds: float = 60.0):
@@ -302,7 +302,7 @@ class CombineMembersFn(beam.DoFn):
 
     MEMBERS_STATE = ReadModifyWriteStateSpec("members", PickleCoder())
 
-    def __init__(self, registry: str, spec: FeatureSpec, shards: int, learner: str = "linear",
+    def __init__(self, registry: str, spec: FeatureSpec, shards: int, learner: str = DEFAULT_LEARNER,
                  signing_key_file: str | None = None):
         self.registry = registry
         self.spec = spec

@@ -305,6 +305,9 @@ def test_predictor_killed_mid_replay_loses_nothing(pubsub_emulator, stack, histo
     check_no_skew(table, booster, scores)
 
 
+REFUSED = "refused the job's credentials (UNAUTHENTICATED"
+
+
 def test_a_wrong_token_holds_events_until_it_is_fixed(pubsub_emulator, stack, history):
     """The job's token goes wrong mid-replay (a botched rotation): nothing is dead-lettered or lost,
     the events wait, and once the token file is right again every one is scored exactly once."""
@@ -316,11 +319,16 @@ def test_a_wrong_token_holds_events_until_it_is_fixed(pubsub_emulator, stack, hi
         if sent == 50:
             token_file.write_text("not-the-token\n")
         if sent == 1000:
+            # Fix the token only once the job has met the wrong one: on a loaded machine the job can
+            # lag the producer by more than the publishing of these 950 messages.
+            deadline = time.monotonic() + 120
+            while REFUSED not in stack["job"].log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
             token_file.write_text(TLS["token"] + "\n")
 
     scores, dead, _ = replay(pubsub_emulator, stack, df, during=rotation)
     stack["job"].alive()
-    assert "refused the job's credentials (UNAUTHENTICATED" in stack["job"].log.read_text(), \
+    assert REFUSED in stack["job"].log.read_text(), \
         "the wrong token never reached the job"
     check_accounting(df, scores, dead, [], label="wrong token, then fixed")
     check_no_skew(table, booster, scores)
