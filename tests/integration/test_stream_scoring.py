@@ -279,6 +279,28 @@ def test_replay_is_accounted_for_unskewed_and_learns_online(pubsub_emulator, sta
     assert snapshots and {m["version"] for m in snapshots} <= online_versions(registry)
     last = registry.metadata(advanced)
     truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
+    # The online_served events: every day whose scored transactions were all joined with their
+    # label reports the AP that the scores topic's online scores give on that day.
+    served_events = [m for m in monitoring if m["kind"] == "online_served"]
+    assert served_events, "no online_served monitoring event"
+    reported = {}
+    for event in sorted(served_events, key=lambda e: e["labels_joined"]):
+        reported.update(event["days"])
+    by_day: dict[str, list] = {}
+    for s in scores + later:
+        by_day.setdefault(s["event_time"][:10], []).append(s)
+    complete = 0
+    for day, figures in reported.items():
+        day_scores = by_day[day]
+        online = [s for s in day_scores if s.get("online_score") is not None]
+        if figures["transactions"] != len(day_scores) or not online:
+            continue
+        labels = [truth[s["transaction_id"]] for s in online]
+        if 0 < sum(labels) < len(labels):
+            assert abs(figures["online_served"]["average_precision"]
+                       - average_precision([s["online_score"] for s in online], labels)) < 1e-12
+            complete += 1
+    assert complete >= 1, f"no complete served day to check in {sorted(reported)}"
     served_ap = average_precision([s["online_score"] for s in later], [truth[s["transaction_id"]] for s in later])
     print(f"\nonline: {len(online_versions(registry))} snapshots; {last['labels_learned']} of {len(df)} labels "
           f"learned; prequential AP {last['prequential']['average_precision']:.3f}; AP of the served online scores "
