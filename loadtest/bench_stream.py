@@ -371,6 +371,7 @@ class Outcome:
     publish_s: float = math.nan
     exit_note: str = ""
     load: float = math.nan
+    visibility: dict | None = None  # -store: how long after its output a transaction's state is in Redis
     arrivals: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -479,7 +480,7 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
 
 
 def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, key_of, out: Outcome,
-             cpu_samples: list[tuple[float, float]], settle: float = 1.0) -> None:
+             cpu_samples: list[tuple[float, float]], settle: float = 1.0, on_output=None) -> None:
     """Pull and ack until ``expected`` distinct outputs came, the job died or the deadline; then settle."""
     from google.api_core import exceptions
 
@@ -505,9 +506,37 @@ def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, ke
             out.received += 1
             out.arrivals.append(item.message.publish_time.timestamp())
             seen.add(key_of(item.message))
+            if on_output is not None:
+                on_output(item.message)
         if len(received) < 200:
             time.sleep(0.25)  # arrival times are publish times: pulling less often costs no precision
     out.distinct = len(seen)
+
+
+VISIBILITY_SAMPLES = 1000
+
+
+def visibility_probe(df):
+    """A VisibilityProbe on the run's store and the callback offering it every k-th output
+    (about VISIBILITY_SAMPLES per run), with the output's publish time."""
+    import orjson
+
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.store.visibility import VisibilityProbe
+
+    every = max(1, len(df) // VISIBILITY_SAMPLES)
+    keys = dict(zip(df["TRANSACTION_ID"].astype(str), zip(df["CUSTOMER_ID"].astype(str), df["TERMINAL_ID"].astype(str))))
+    probe = VisibilityProbe(_ONLINE_STORE[0], DEFAULT_SPEC, 7.0)
+    count = [0]
+
+    def on_output(message):
+        count[0] += 1
+        if count[0] % every == 0:
+            tid = str(orjson.loads(message.data)["transaction_id"])
+            customer, terminal = keys[tid]
+            probe.offer(tid, customer, terminal, message.publish_time.timestamp())
+
+    return probe, on_output
 
 
 def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, timeout: float, workdir: Path,
@@ -555,9 +584,14 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
     except BaseException:
         subscriber.close()
         raise
+    probe = on_output = None
+    if variant.store:
+        probe, on_output = visibility_probe(df)
     try:
         _collect(subscriber, emulator.subscription_path(names["out_sub"]), n, time.monotonic() + timeout, job,
-                 key_of, out, cpu_samples)
+                 key_of, out, cpu_samples, on_output=on_output)
+        if probe is not None:
+            out.visibility = probe.close(timeout=5.0).as_dict()
         if not bare:
             dead: list = []
             deadline = time.monotonic() + 2.0
@@ -610,6 +644,11 @@ def print_row(o: Outcome) -> None:
                      _fmt(o.startup, ".1f"), _fmt(o.drain, ".1f"), _fmt(o.rate, ",.1f"),
                      f"{_fmt(o.rate_early, ',.0f')} / {_fmt(o.rate_late, ',.0f')}", _fmt(o.overall, ",.1f"),
                      _fmt(o.cpu_ms, ".1f"), _fmt(o.rss_mib, ",.0f"), _fmt(o.load, ".1f"), status), flush=True)
+    if o.visibility:
+        v = o.visibility
+        print(f"    store visibility after the output: p50 {v['p50_ms']:.0f} ms, p90 {v['p90_ms']:.0f} ms, "
+              f"p99 {v['p99_ms']:.0f} ms, max {v['max_ms']:.0f} ms ({v['visible']}/{v['samples']} sampled visible, "
+              f"{v['exact']} exact, {v['before_output']} before the output)", flush=True)
 
 
 def baseline_of(variant: Variant, variants: Sequence[Variant]) -> Variant | None:
@@ -643,6 +682,13 @@ def summarize(outcomes: list[Outcome], variants: Sequence[Variant]) -> None:
             _fmt(median([o.startup for o in rows]), ".1f"), _fmt(median([o.drain for o in rows]), ".1f"),
             _fmt(median([o.cpu_ms for o in rows]), ".1f"), _fmt(median([o.rss_mib for o in rows]), ",.0f"),
             _fmt(median(ratios), ".2f") if ratios else "-"))
+    for v in variants:
+        vis = [o.visibility for o in by[v.name] if o.visibility]
+        if vis:
+            print(f"{v.name}: store visible after the output, medians over repeats: p50 "
+                  f"{_fmt(median([x['p50_ms'] for x in vis]), '.0f')} ms, p99 {_fmt(median([x['p99_ms'] for x in vis]), '.0f')}"
+                  f" ms (target p99 <= 1000 ms); worst max {_fmt(max(x['max_ms'] for x in vis), '.0f')} ms; never "
+                  f"visible {sum(x['missing'] for x in vis)} of {sum(x['samples'] for x in vis)} sampled")
     if "bare" in by and "features" in by:
         bare_rate, feat_rate = median([o.rate for o in by["bare"]]), median([o.rate for o in by["features"]])
         print(f"\nratio features/bare (ratio of the medians): {_fmt(feat_rate / bare_rate, '.2f')}")
