@@ -1,15 +1,16 @@
 """How long after a transaction's score its state is visible in the online store (issue 12's visibility lag).
 
-:class:`VisibilityProbe` takes sampled outputs of the streaming job (a transaction id, its card
-and terminal, and when its score or features message was published) and polls Redis in a
-thread of its own until both keys hold a state that contains the transaction. The lag of a
-sample is the ``written_at_ms`` of the later of those two values (the stream's wall clock when
-it wrote them) minus the publish time of the output:
+:class:`VisibilityProbe` watches sampled transactions from before they are published (their id,
+card and terminal: :meth:`~VisibilityProbe.watch`), polling Redis in a thread of its own until
+both keys hold a state that contains the transaction; the job's output for it (score or
+features message) brings its publish time (:meth:`~VisibilityProbe.published`). The lag of a
+sample is the ``written_at_ms`` of the later of the two values that first contained it (the
+stream's wall clock when it wrote them) minus the output's publish time:
 
-* when a poll saw the transaction missing before a later one saw it (``exact``), that value is
-  the very write that made it visible, so the lag is exact to the write's few milliseconds;
-* when the first poll already found it, a later write of the key may have replaced the first
-  one, so the lag is an upper bound (the key was visible at least that early);
+* when a poll saw the transaction missing before a later one saw it (``exact``: nearly always,
+  since polls are much more frequent than a key's writes), that value is the very write that
+  made it visible, so the lag is exact to the write's few milliseconds;
+* otherwise (visible on the first poll, or rewritten between two polls) it is an upper bound;
 * negative lags are states written before the output was published (the stages write the
   store at the end of their bundle, before the scoring stage publishes).
 
@@ -33,7 +34,6 @@ class _Sample:
     transaction_id: str
     customer_id: str
     terminal_id: str
-    published_ms: float
     polls: int = 0
 
 
@@ -41,7 +41,7 @@ class _Sample:
 class VisibilitySummary:
     samples: int
     visible: int
-    missing: int                     # not visible within the probe's timeout
+    missing: int                     # published but not visible within the probe's timeout
     exact: int                       # seen missing first: the lag is that of the write that made it visible
     before_output: int               # visible before the output was published (lag <= 0)
     p50_ms: float
@@ -62,17 +62,26 @@ class VisibilityProbe:
         self.interval = interval
         self._lock = threading.Lock()
         self._pending: list[_Sample] = []
-        self._lags: list[tuple[float, bool]] = []  # (lag ms, exact)
-        self._offered = 0
+        self._visible: dict[str, tuple[float, bool]] = {}  # transaction id -> (written ms, exact)
+        self._published: dict[str, float] = {}  # transaction id -> publish time of its output (ms)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="visibility-probe", daemon=True)
         self._thread.start()
 
-    def offer(self, transaction_id: str, customer_id: str, terminal_id: str, published_s: float) -> None:
-        """An output of the job for this transaction was published at ``published_s`` (epoch seconds)."""
+    def watch(self, transaction_id: str, customer_id: str, terminal_id: str) -> None:
+        """Poll for this transaction until both its keys contain it (call before it is published)."""
         with self._lock:
-            self._pending.append(_Sample(str(transaction_id), str(customer_id), str(terminal_id), published_s * 1e3))
-            self._offered += 1
+            self._pending.append(_Sample(str(transaction_id), str(customer_id), str(terminal_id)))
+
+    def published(self, transaction_id: str, published_s: float) -> None:
+        """The job's output for a watched transaction was published at ``published_s`` (epoch seconds)."""
+        with self._lock:
+            self._published.setdefault(str(transaction_id), published_s * 1e3)
+
+    @property
+    def watched(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._visible)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -102,26 +111,28 @@ class VisibilityProbe:
             tid = sample.transaction_id
             if customer.state.seen(tid) and terminal.state.seen(tid):
                 written = max(customer.written_at_ms, terminal.written_at_ms)
-                self._lags.append((written - sample.published_ms, sample.polls > 1))
+                self._visible[tid] = (float(written), sample.polls > 1)
                 done.add(id(sample))
         if done:
             with self._lock:
                 self._pending = [s for s in self._pending if id(s) not in done]
 
     def close(self, timeout: float = 5.0) -> VisibilitySummary:
-        """Wait up to ``timeout`` s for the pending samples, stop, and summarise."""
+        """Wait up to ``timeout`` s for the published samples still invisible, stop, and summarise
+        the samples whose output was published (the others are not counted)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._pending:
+                if not any(s.transaction_id in self._published for s in self._pending):
                     break
             time.sleep(self.interval)
         self._stop.set()
         self._thread.join(5.0)
         with self._lock:
-            missing = len(self._pending)
-            lags = list(self._lags)
-            offered = self._offered
+            published = dict(self._published)
+            missing = sum(1 for s in self._pending if s.transaction_id in published)
+            lags = [(self._visible[t][0] - ms, self._visible[t][1]) for t, ms in published.items() if t in self._visible]
+            offered = len(lags) + missing
         values = np.array([lag for lag, _ in lags], dtype=float)
 
         def pct(q):

@@ -26,10 +26,11 @@ def test_lags_are_the_store_write_times_minus_the_publish_times(redis_server):
     writer.write({config.customer_key("c1"): encode_state(c, written_at_ms=1_000_000),
                   config.terminal_key("t1"): encode_state(m, written_at_ms=1_000_000)})
     probe = VisibilityProbe(redis_server.url, DEFAULT_SPEC, 7.0, interval=0.005)
+    for tid, terminal in (("new", "t1"), ("old", "t1"), ("never", "t-none"), ("unpublished", "t1")):
+        probe.watch(tid, "c1", terminal)  # new: polled missing first; old: already visible (an upper bound)
     published = time.time()
-    probe.offer("new", "c1", "t1", published)           # not there yet: polled missing first
-    probe.offer("old", "c1", "t1", published)           # already visible: an upper bound (lag <= 0 here)
-    probe.offer("never", "c1", "t-none", published)     # its terminal is never written
+    for tid in ("new", "old", "never"):  # "never": its terminal is never written; "unpublished" is not counted
+        probe.published(tid, published)
     time.sleep(0.1)
     c, m = _states(["old", "new"])
     written_ms = int(published * 1e3) + 250
