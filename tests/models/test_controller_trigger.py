@@ -153,6 +153,9 @@ def test_a_drift_alarm_retrains_once_the_challenger_goes_to_shadow_and_later_ala
     assert trigger[0]["details"]["alarms"][0]["model_version"] == first and trigger[0]["details"]["source"] == str(path)
     made = registry.events(challenger)
     assert [e["action"] for e in made] == ["register", "gate", "shadow"]
+    gate_event = made[1]["details"]  # both models' figures, and which model the champion was
+    assert gate_event["champion"]["average_precision"] < gate_event["challenger"]["average_precision"]
+    assert gate_event["champion_model"]["version"] == first
     assert all("drift" in e["reason"] or e["action"] != "register" for e in made)
 
     # The drift keeps raising alarms while the challenger is judged: one retrain, the rest audited as absorbed.
