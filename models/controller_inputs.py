@@ -17,6 +17,10 @@ Two small interfaces, so the controller does not care where the evidence comes f
   — optionally with ``customer_id`` and ``label``: timely alert rates before labels arrive).
   :func:`combined_rows` merges several, a labelled row winning over an unlabelled one of the
   same transaction.
+* :class:`MonitoringEvents` — the retrain trigger's input, the job's ``monitoring`` events:
+  :class:`MonitoringSubscription` (Pub/Sub, or the emulator) and :class:`MonitoringLines`
+  (JSON lines); each ``pull`` is acknowledged (``ack``) only once the controller has audited its
+  decision on it.
 """
 
 from __future__ import annotations
