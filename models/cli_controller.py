@@ -4,6 +4,8 @@
         [--shadow-events 10000] [--alert-threshold 0.5] [--min-ap X] [--min-cp100 X]
         [--min-alert-rate X] [--max-alert-rate X] [--min-scored 1000] [--min-labelled 1000]
         [--window-days 7] [--once | --interval 60] [--dry-run]
+        [--retrain-on-alarm --monitoring-subscription S --project P | --monitoring-from PATH]
+        [--retrain-every SECONDS] [--retrain-cooldown 3600] [--retrain-retries 0] [--retrain-source TABLE|DIR]
 
 Each tick reads the registry's state (:func:`registry_state`), the evidence
 (:mod:`models.controller_inputs`: the predictors' shadow log; the labelled-example log and/or
@@ -20,6 +22,13 @@ Each of these is an audit event (actor ``streamscore controller``: who; action a
 what; the decision's reason: why; its metrics and the bounds: the evidence), and the watch
 state is read back from those events, so the controller keeps no state of its own and can be
 restarted at any time. One JSON line per tick goes to stdout (the decision, ``applied``).
+
+With ``--retrain-on-alarm`` / ``--retrain-every`` each tick then takes the trigger's step
+(:func:`trigger_step`): the monitoring events are read, :func:`~models.controller.decide_retrain`
+decides (retrain, absorb or wait), the decision is audited (``alarm``, ``retrain``, then the
+retrain's own events, or ``retrain-failed``) and only then are the events acknowledged. The
+trigger's state — the last retrain, the open alarm and its retries — is read back from the audit
+and alias logs too (:func:`trigger_history`).
 """
 
 from __future__ import annotations

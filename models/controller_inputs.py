@@ -17,6 +17,10 @@ Two small interfaces, so the controller does not care where the evidence comes f
   — optionally with ``customer_id`` and ``label``: timely alert rates before labels arrive).
   :func:`combined_rows` merges several, a labelled row winning over an unlabelled one of the
   same transaction.
+* :class:`MonitoringEvents` — the retrain trigger's input, the job's ``monitoring`` events:
+  :class:`MonitoringSubscription` (Pub/Sub, or the emulator) and :class:`MonitoringLines`
+  (JSON lines); each ``pull`` is acknowledged (``ack``) only once the controller has audited its
+  decision on it.
 """
 
 from __future__ import annotations
@@ -202,9 +206,11 @@ class MonitoringSubscription:
     acknowledged only by :meth:`ack`, after the controller has decided on them and audited the
     decision: a controller that dies in between gets them again."""
 
-    def __init__(self, subscription: str, *, emulator_host: str | None = None, max_messages: int = 1000):
+    def __init__(self, subscription: str, *, emulator_host: str | None = None, max_messages: int = 1000,
+                 settle: float = 1.0):
         self.subscription = subscription
         self.max_messages = max_messages
+        self.settle = settle
         if emulator_host:
             from streaming.io.pubsub_local import subscriber_client
 
@@ -216,24 +222,33 @@ class MonitoringSubscription:
         self._ack_ids: list[str] = []
 
     def pull(self) -> list[dict]:
+        """Everything the subscription holds now: pulls until a pull comes back short, and keeps
+        pulling for ``settle`` seconds while they come back empty (an empty answer from Pub/Sub
+        does not mean there is nothing: a message published a moment ago may come on the next)."""
+        import time
+
         from google.api_core import exceptions
 
         out, self._ack_ids = [], []
+        settle_until = time.monotonic() + self.settle
         while True:
             try:
                 response = self._client.pull(request={"subscription": self.subscription,
                                                       "max_messages": self.max_messages}, timeout=2.0, retry=None)
+                received = response.received_messages
             except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable):
-                break
-            for item in response.received_messages:
+                received = []
+            for item in received:
                 self._ack_ids.append(item.ack_id)
                 try:
                     out.append(json.loads(item.message.data))
                 except ValueError:
                     out.append({"kind": "unreadable", "data": item.message.data[:200].decode("utf-8", "replace")})
-            if len(response.received_messages) < self.max_messages:
-                break
-        return out
+            if len(received) == self.max_messages:
+                continue
+            if received or out or time.monotonic() >= settle_until:
+                return out
+            time.sleep(0.1)
 
     def ack(self) -> None:
         for start in range(0, len(self._ack_ids), 1000):

@@ -128,7 +128,7 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
                                    "params": result.params, "counts": result.counts})
     registry.record_event("gate", actor=ACTOR, version=version, reason=verdict["reason"],
                           details={**metrics, "promote": verdict["promote"], "rule": verdict["rule"],
-                                   "champion": champion_info})
+                                   "champion_model": champion_info})  # "champion" holds its metrics
     promoted = bool(verdict["promote"] and config.promote)
     shadowed = promoted and config.shadow and champion is not None  # a first model has no production to shadow
     if shadowed:

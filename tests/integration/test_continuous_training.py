@@ -60,6 +60,15 @@ def _probe_version(port: int) -> str:
         return scorer_pb2_grpc.ScorerStub(channel).Score(request, timeout=5).model_version
 
 
+def _shadowing(port: int, directory, version: str) -> bool:
+    """Whether the predictor scores ``version`` in shadow: a probe, then its line in the shadow log."""
+    _probe_version(port)
+    for path in directory.glob("shadow-*.jsonl"):
+        if any(json.loads(line)["shadow_version"] == version for line in path.read_text().splitlines()):
+            return True
+    return False
+
+
 def _wait(condition, what: str, procs, timeout: float = 60.0):
     import time
 
@@ -188,7 +197,8 @@ def test_the_loop_refuses_a_worse_challenger_promotes_a_better_one_and_rolls_bac
     assert [e["action"] for e in registry.events(challenger)] == ["register", "gate", "shadow"]
 
     # The predictor hot-loads the challenger and scores the next part in shadow; production still decides.
-    _wait(lambda: list((tmp / "shadow").glob("shadow-*.jsonl")), "the challenger scored in shadow", stack["procs"])
+    _wait(lambda: _shadowing(stack["port"], tmp / "shadow", challenger), "the challenger loaded in shadow",
+          stack["procs"])
     scores += (part := _replay(pubsub_emulator, stack, df[(day >= 16) & (day < 18)]))
     assert {s["model_version"] for s in part} == {first}
 

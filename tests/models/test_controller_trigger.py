@@ -153,6 +153,9 @@ def test_a_drift_alarm_retrains_once_the_challenger_goes_to_shadow_and_later_ala
     assert trigger[0]["details"]["alarms"][0]["model_version"] == first and trigger[0]["details"]["source"] == str(path)
     made = registry.events(challenger)
     assert [e["action"] for e in made] == ["register", "gate", "shadow"]
+    gate_event = made[1]["details"]  # both models' figures, and which model the champion was
+    assert gate_event["champion"]["average_precision"] < gate_event["challenger"]["average_precision"]
+    assert gate_event["champion_model"]["version"] == first
     assert all("drift" in e["reason"] or e["action"] != "register" for e in made)
 
     # The drift keeps raising alarms while the challenger is judged: one retrain, the rest audited as absorbed.
@@ -231,3 +234,35 @@ def test_trigger_flags_are_checked(drifted, capsys):
         with pytest.raises(SystemExit):
             cli.main(["controller", "--registry", str(reg), "--once", *flags])
         assert message in capsys.readouterr().err
+
+
+class _Events:
+    """A fake monitoring source that records whether (and when) the pulled events were acknowledged."""
+
+    def __init__(self, registry, events):
+        self.registry, self.events, self.acked_after = registry, events, None
+
+    def pull(self):
+        return list(self.events)
+
+    def ack(self):
+        self.acked_after = [e["action"] for e in self.registry.events()]
+
+
+def test_events_are_acknowledged_only_after_the_decision_is_audited_and_never_on_a_dry_run(tmp_path):
+    from models.cli_controller import Trigger, trigger_step
+    from models.retrain import RetrainConfig
+
+    registry = Registry.open(tmp_path / "reg", keys=None)
+    events = _Events(registry, [{"kind": "drift", "model_version": "v1"}, {"kind": "online_snapshot"},
+                                {"kind": "stability", "status": "nonsense"}])
+    trigger = Trigger(TriggerConfig(), events, str(tmp_path / "absent.parquet"), RetrainConfig())
+    dry = trigger_step(registry, trigger, State("v1", "v2", None), dry_run=True)
+    assert dry["action"] == "absorb" and events.acked_after is None and registry.events() == []
+    step = trigger_step(registry, trigger, State("v1", "v2", None))
+    assert (step["action"], step["events"], step["unreadable"]) == ("absorb", 3, 1)
+    assert "'status' must be ok, warn or alarm" in step["metrics"]["unreadable"][0]
+    assert events.acked_after == ["alarm"]  # the audit event was written before the ack
+    failed = trigger_step(registry, trigger, State("v1", None, None))  # the source does not exist
+    assert failed["action"] == "retrain" and "does not exist" in failed["retrain"]["error"]
+    assert events.acked_after == ["alarm", "retrain", "retrain-failed"]
