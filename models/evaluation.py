@@ -347,8 +347,30 @@ def feature_table_spec(path: str | Path, name: str | None = None):
     return spec
 
 
+def example_log_files(path: str | Path) -> list[Path]:
+    """The Parquet files of a labelled-example log directory (``stream --example-log DIR``:
+    ``DIR/day=YYYY-MM-DD/*.parquet``, or Parquet files directly in DIR), in order."""
+    path = Path(path)
+    files = sorted(path.glob("day=*/*.parquet")) or sorted(path.glob("*.parquet"))
+    if not files:
+        raise ValueError(f"feature table {str(path)!r} is a directory with no day=YYYY-MM-DD/*.parquet "
+                         "(nor *.parquet) files: expected a `streamscore featurize` table or a "
+                         "`stream --example-log` directory")
+    return files
+
+
 def _parquet_metadata(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():  # an example log: every file must record the same spec
+        found = {}
+        for f in example_log_files(path):
+            metadata = _parquet_metadata(f)
+            found.setdefault(metadata.get(SPEC_HASH_KEY), (f, metadata))
+        if len(found) > 1:
+            (a, _), (b, _) = list(found.values())[:2]
+            raise ValueError(f"example log {str(path)!r} mixes feature specs: {a} and {b} record different "
+                             "spec hashes; train on one spec's rows (a directory per spec)")
+        return next(iter(found.values()))[1]
     if not path.exists():
         raise FileNotFoundError(f"feature table {str(path)!r} does not exist")
     if path.suffix.lower() != ".parquet":
@@ -364,10 +386,17 @@ def read_feature_table(path: str | Path, feature_names: Sequence[str], spec_hash
     """Read a ``streamscore featurize`` output: the key columns plus ``feature_names``,
     sorted by event time then id, with ``TX_DATETIME`` as naive UTC ``datetime64[ns]``.
 
+    A directory is read as the streaming job's labelled-example log (``stream --example-log``,
+    :func:`example_log_files`): every file, each ``TRANSACTION_ID`` once.
+
     If the file records a feature spec hash and ``spec_hash`` is given, they must agree
     (a table without the record, e.g. one joined from the reference files, is accepted).
     """
     path = Path(path)
+    if path.is_dir():  # the labelled-example log: its files, each transaction once
+        frames = [read_feature_table(f, feature_names, spec_hash) for f in example_log_files(path)]
+        df = pd.concat(frames, ignore_index=True).drop_duplicates("TRANSACTION_ID", keep="first")
+        return normalise_feature_table(df, feature_names)
     if not path.exists():
         raise FileNotFoundError(f"feature table {str(path)!r} does not exist")
     if path.suffix.lower() != ".parquet":

@@ -3,11 +3,14 @@
     transactions ─┐                                  ┌─ ScoreFn ─ scores topic (+ alerts topic)
                   ├─ ParsePubsubFn ─ StreamFeatures ─┤
     labels ───────┘        │              │          └─ examples ─ LearnerFn ─ monitoring topic
+                           │              │     ScoreFn + labels ─ ServedOnline ─ monitoring topic
                            └──────────────┴─── (and ScoreFn) ─ dead-letter topic
 
 With ``--predictor HOST:PORT`` each featurised transaction is scored over gRPC and published
 to ``scores`` (and ``alerts`` above ``--alert-threshold``); with ``--registry`` too, labels
-train the online River model (snapshots to the registry, drift events to ``monitoring``).
+train the online River model (snapshots to the registry, drift events to ``monitoring``), and
+the scores each transaction was served are joined with its label (``online_served`` events:
+AP and CP@100 as served, per day, :mod:`streaming.job.served`).
 Without ``--predictor`` the job publishes the features themselves to ``--features-topic``.
 
 Every message read is either scored (or featurised) or written to the dead-letter topic with
@@ -17,8 +20,9 @@ streaming mode (never the default DirectRunner, which tries to download Prism fi
 
 Element timestamps are the Pub/Sub publish times unless ``--timestamp-attribute`` is given:
 features use the validated ``event_time`` of each event (which must equal the
-``event_time`` attribute when present), and the job has no windows or timers, so results do
-not depend on the watermark. Reading the timestamp from an attribute makes Beam's reader
+``event_time`` attribute when present), and the job has no windows, so features do not
+depend on the watermark (its one event-time timer only dead-letters a label whose transaction
+has not come 44 days of element time after it, see :mod:`streaming.features.stream`). Reading the timestamp from an attribute makes Beam's reader
 fail on a malformed attribute, which would stop the job instead of dead-lettering one
 message; enable it only for producers you control.
 """
@@ -42,12 +46,16 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
 from streaming.io.events import DEFAULT_MAX_BYTES, SCHEMA_ATTRIBUTE, SCHEMA_LABEL, SCHEMA_TRANSACTION, EVENT_TIME_ATTRIBUTE, DeadLetter, EventError, check_topic, format_time, parse
 from streaming.io.encoding import dead_letter, encode_dead_letter
-from models.online import LEARNERS
+from models.online import DEFAULT_LEARNER, LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.job.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
 from streaming.job.learning import MEMBERS, CombineMembersFn, LearnerFn, key_example
-from streaming.job.scoring import ALERTS, ScoreFn, read_tls_roots, read_token
+from models.monitoring import Thresholds
+from streaming.job.example_log import ExampleLogFn, key_label
+from streaming.job.monitor import LiveMonitorFn
+from streaming.job.served import ServedOnline
+from streaming.job.scoring import ALERTS, LOGGED, ScoreFn, read_tls_roots, read_token
 from streaming.store.redis_store import check_url
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
@@ -82,11 +90,18 @@ class JobConfig:
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
     label_producers: tuple[str, ...] = ()  # when set, labels must carry a `producer` attribute naming one
-    online_learner: str = "linear"
+    online_learner: str = DEFAULT_LEARNER
     learner_shards: int = 1
     online_min_class_labels: int = 10
     online_warm_start: bool = True
     online_store: str | None = None
+    example_log: str | None = None  # directory (or gs://) of the labelled-example log
+    live_monitoring: bool = False
+    monitoring_window_hours: float = 24.0
+    monitoring_grace_hours: float = 1.0
+    quality_days: int = 7
+    psi_warn: float = 0.1
+    psi_alarm: float = 0.25
 
     @staticmethod
     def _path(project: str, kind: str, name: str) -> str:
@@ -159,7 +174,7 @@ class ReadEvents(beam.PTransform):
         if config.labels_subscription:
             producers = frozenset(config.label_producers) if config.label_producers else None
             sources.append(("Labels", config.labels_subscription, SCHEMA_LABEL, producers))
-        events, dead = [], []
+        events, dead, labels = [], [], None
         for name, subscription, schema, producers in sources:
             parsed = (
                 pbegin
@@ -172,11 +187,13 @@ class ReadEvents(beam.PTransform):
             )
             events.append(parsed.events)
             dead.append(parsed[DEAD_LETTER])
+            labels = parsed.events if schema == SCHEMA_LABEL else labels
         if len(sources) == 1:  # no labels: a Flatten of one input would only cost the runner a stage
             return {"events": events[0], "dead_letter": dead[0]}
         return {
             "events": events | "MergeEvents" >> beam.Flatten(),
             "dead_letter": dead | "MergeParseDeadLetters" >> beam.Flatten(),
+            "labels": labels,  # the parsed labels alone (for the example log)
         }
 
 
@@ -187,6 +204,24 @@ class StreamingJob(beam.PTransform):
         super().__init__()
         self.config = config
         self.spec = spec
+
+    def _log_and_monitor(self, records, labels) -> None:
+        """The labelled-example log (streaming.job.example_log) and live monitoring (streaming.job.monitor)."""
+        config = self.config
+        inputs = [records]
+        if labels is not None:
+            inputs.append(labels | "KeyLabelsByTerminal" >> beam.Map(key_label).with_output_types(
+                beam.typehints.KV[str, Any]))
+        joined = inputs[0] if len(inputs) == 1 else inputs | "MergeLogInputs" >> beam.Flatten()
+        batches = joined | ExampleLogFn.__name__ >> beam.ParDo(ExampleLogFn(
+            self.spec, config.max_label_delay_days, config.example_log, monitor=config.live_monitoring))
+        if config.live_monitoring:
+            (batches
+             | LiveMonitorFn.__name__ >> beam.ParDo(LiveMonitorFn(
+                 config.registry, self.spec, window_hours=config.monitoring_window_hours,
+                 grace_hours=config.monitoring_grace_hours, quality_days=config.quality_days,
+                 thresholds=Thresholds(config.psi_warn, config.psi_alarm), signing_key_file=config.signing_key_file))
+             | "WriteLiveMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True))
 
     def expand(self, pbegin):
         config = self.config
@@ -200,13 +235,17 @@ class StreamingJob(beam.PTransform):
             online_store=config.online_store)
         dead = [read["dead_letter"], featured["dead_letter"]]
         if config.predictor:
+            logged = bool(config.example_log or config.live_monitoring or (learn and read.get("labels") is not None))
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
                 config.predictor, self.spec, alert_threshold=config.alert_threshold,
                 deadline=config.predictor_deadline, token_file=config.predictor_token_file,
-                tls_ca_file=config.predictor_tls_ca)).with_outputs(DEAD_LETTER, ALERTS, main="scores")
+                tls_ca_file=config.predictor_tls_ca, log_records=logged)).with_outputs(
+                    DEAD_LETTER, ALERTS, LOGGED, main="scores")
             scored.scores | "WriteScores" >> WriteToPubSub(config.topic(config.scores_topic), with_attributes=True)
             scored[ALERTS] | "WriteAlerts" >> WriteToPubSub(config.topic(config.alerts_topic), with_attributes=True)
             dead.append(scored[DEAD_LETTER])
+            if config.example_log or config.live_monitoring:
+                self._log_and_monitor(scored[LOGGED], read.get("labels"))
         else:
             featured["features"] | "WriteFeatures" >> WriteToPubSub(
                 config.topic(config.features_topic), with_attributes=True)
@@ -224,11 +263,15 @@ class StreamingJob(beam.PTransform):
                 | LearnerFn.__name__ >> beam.ParDo(learner).with_outputs(MEMBERS, DEAD_LETTER, main="monitoring")
             )
             monitoring = [learned.monitoring]
+            if read.get("labels") is not None:  # the online model's AP and CP@100 as served (streaming.job.served)
+                monitoring.append((scored[LOGGED], read["labels"]) | ServedOnline.__name__ >> ServedOnline(
+                    config.max_label_delay_days, every_rows=config.snapshot_every_labels,
+                    every_seconds=config.snapshot_every_seconds))
             if config.learner_shards > 1:
                 monitoring.append(learned[MEMBERS] | CombineMembersFn.__name__ >> beam.ParDo(CombineMembersFn(
                     config.registry, self.spec, config.learner_shards, config.online_learner,
                     signing_key_file=config.signing_key_file)))
-            # One input (no shards): no Flatten, which would only cost the local runner a stage.
+            # One input: no Flatten, which would only cost the local runner a stage.
             merged = monitoring[0] if len(monitoring) == 1 else monitoring | "MergeMonitoring" >> beam.Flatten()
             merged | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
             dead.append(learned[DEAD_LETTER])
@@ -286,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
     add_trust_arguments(scoring, signs=True)
-    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default="linear",
-                         help="the online River learner (default linear; see docs/online-learning.md)")
+    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default=DEFAULT_LEARNER,
+                         help="the online learner (default binned: chosen on validation weeks; see docs/online-learning.md)")
     scoring.add_argument("--learner-shards", type=int, default=1,
                          help="learner keys examples are hashed to; their members are combined into one "
                               "served snapshot (default 1)")
@@ -297,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--no-online-warm-start", action="store_true",
                          help="start the learner untrained instead of from a matching snapshot or the "
                               "production model's training window")
+    log = parser.add_argument_group("labelled-example log and live monitoring (see docs/continuous-training.md)")
+    log.add_argument("--example-log", default=None, metavar="DIR",
+                     help="write every scored transaction's features, score and model version with its label (or as "
+                          "genuine, unconfirmed after --max-label-delay-days) to DIR/day=YYYY-MM-DD/*.parquet "
+                          "(a directory or gs://); needs --predictor")
+    log.add_argument("--live-monitoring", action="store_true",
+                     help="publish `stability` events to --monitoring-topic: PSI of every feature and the score "
+                          "against the production model's training reference, per event-time window, with live "
+                          "AP and card precision@100; needs --predictor and --registry")
+    log.add_argument("--monitoring-window-hours", type=float, default=24.0,
+                     help="event-time window of each stability event (default 24)")
+    log.add_argument("--monitoring-grace-hours", type=float, default=1.0,
+                     help="a window is emitted once the stream's event time is this far past its end (default 1)")
+    log.add_argument("--quality-days", type=int, default=7,
+                     help="sliding window (days of event time) of the live AP and CP@100 (default 7)")
+    log.add_argument("--psi-warn", type=float, default=0.1, help="PSI above this is a moderate shift (default 0.1)")
+    log.add_argument("--psi-alarm", type=float, default=0.25, help="PSI above this is an alarm (default 0.25)")
     local = parser.add_argument_group("local runner (ignored on other runners; see streaming/runner/local.py)")
     local.add_argument("--local-pull-size", type=int, default=100,
                        help="messages per Pub/Sub pull, i.e. per bundle (default 100; Beam's local reader pulls 10)")
@@ -364,6 +424,14 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
                          f"{args.learner_shards} and {args.online_min_class_labels}")
     if args.online_store:
         check_url(args.online_store)
+    if (args.example_log or args.live_monitoring) and not args.predictor:
+        raise ValueError("--example-log and --live-monitoring need --predictor (the log holds the scores)")
+    if args.live_monitoring and not args.registry:
+        raise ValueError("--live-monitoring needs --registry (the production model's training reference)")
+    if not args.monitoring_window_hours > 0 or args.monitoring_grace_hours < 0 or args.quality_days < 1:
+        raise ValueError(f"--monitoring-window-hours must be > 0, --monitoring-grace-hours >= 0 and --quality-days "
+                         f">= 1, got {args.monitoring_window_hours}, {args.monitoring_grace_hours} and {args.quality_days}")
+    thresholds = Thresholds(args.psi_warn, args.psi_alarm)  # refuses warn > alarm with a message naming both
     if args.emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host  # the edge: Beam's Pub/Sub client reads it
     config = JobConfig(
@@ -381,7 +449,9 @@ def build(argv: list[str] | None = None) -> tuple[beam.Pipeline, JobConfig]:
         label_producers=tuple(p.strip() for p in args.label_producers.split(",") if p.strip()),
         online_learner=args.online_learner, learner_shards=args.learner_shards,
         online_min_class_labels=args.online_min_class_labels, online_warm_start=not args.no_online_warm_start,
-        online_store=args.online_store)
+        online_store=args.online_store, example_log=args.example_log, live_monitoring=args.live_monitoring,
+        monitoring_window_hours=args.monitoring_window_hours, monitoring_grace_hours=args.monitoring_grace_hours,
+        quality_days=args.quality_days, psi_warn=thresholds.warn, psi_alarm=thresholds.alarm)
     options = pipeline_options(beam_args, config)
     if is_local(options):
         if config.id_label:

@@ -46,6 +46,8 @@ from streaming.io.events import Score
 from streaming.io.encoding import dead_letter_of_event, encode
 from streaming.features.spec import FeatureSpec
 from streaming.features.stream import FeaturedTransaction
+from streaming.features.transaction import time_ns
+from streaming.job.example_log import LogRecord
 from streaming.job.guard import COUNTER as GUARD_COUNTER, element_dead_letter, failure_reason
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,7 @@ class ScoringClient:
 
 DEAD_LETTER = "dead_letter"
 ALERTS = "alerts"
+LOGGED = "logged"  # with log_records: (terminal_id, LogRecord) per scored transaction, for the example log
 
 
 def score_message(featured: FeaturedTransaction, scored: Scored, spec: FeatureSpec) -> PubsubMessage:
@@ -262,8 +265,9 @@ class ScoreFn(beam.DoFn):
 
     def __init__(self, target: str, spec: FeatureSpec, *, alert_threshold: float = 0.5, deadline: float = 10.0,
                  max_batch: int = 500, token: str | None = None, token_file: str | None = None,
-                 tls_ca_file: str | None = None):
+                 tls_ca_file: str | None = None, log_records: bool = False):
         self.target = target
+        self.log_records = log_records
         self.spec = spec
         self.alert_threshold = alert_threshold
         self.deadline = deadline
@@ -327,3 +331,9 @@ class ScoreFn(beam.DoFn):
         if scored.score >= self.alert_threshold:
             self._alerts.inc()
             yield beam.pvalue.TaggedOutput(ALERTS, WindowedValue(message, timestamp, [window]))
+        if self.log_records:
+            tx = featured.transaction
+            record = LogRecord(tx.transaction_id, time_ns(tx.event_time), tx.customer_id, tx.terminal_id,
+                               tuple(featured.features), scored.score, scored.model_version,
+                               scored.online_score, scored.online_model_version)
+            yield beam.pvalue.TaggedOutput(LOGGED, WindowedValue((tx.terminal_id, record), timestamp, [window]))
