@@ -81,6 +81,20 @@ class _Raw:
         self.outcome, self.raw = outcome, raw
 
 
+#: Loop turns a writer waits, while the raw batch still grows, before fetching it: the messages
+#: gRPC has already received are read into the batch first (without it, a stream whose writer
+#: keeps up fetched one message per MGET: measured 1.0 messages per MGET at 32 in flight).
+RAW_GATHER_TURNS = 8
+
+
+async def _gather(batch: list) -> None:
+    for _ in range(RAW_GATHER_TURNS):
+        size = len(batch)
+        await asyncio.sleep(0)
+        if len(batch) <= size:  # nothing more arrived (or another writer took the batch)
+            return
+
+
 class _RawSlot:
     """A raw-transaction stream message waiting for its batch: the messages read (by any
     ScoreStream call) while the writers were busy share one MGET (:meth:`ScorerService._resolve_raw`);
@@ -207,7 +221,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                         wake[1].set_result(None)  # the window has room again
                     if type(outcome) is _RawSlot:
                         if outcome.outcome is None:
-                            self._resolve_raw(raw_batch)
+                            await _gather(raw_batch)
+                            if outcome.outcome is None:  # (another call's writer may have fetched it meanwhile)
+                                self._resolve_raw(raw_batch)
                         outcome = outcome.outcome
                     if type(outcome) is not tuple:
                         outcome = await self._outcome(outcome)

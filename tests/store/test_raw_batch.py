@@ -190,3 +190,32 @@ def test_score_stream_shares_mgets_and_answers_as_score(store):
             assert not g.HasField("error")
             assert (g.transaction_id, g.score, list(g.features.values), g.customer_known, g.terminal_known) == \
                 (w.transaction_id, w.score, list(w.features.values), w.customer_known, w.terminal_known)
+
+
+class _FastContext(_SlowWriteContext):
+    """Writes complete at once, reads take one loop turn each: the writer keeps up with the reader."""
+
+    async def write(self, response):
+        self.written.append(response)
+
+
+@pytest.mark.parametrize("turns", [0, None], ids=["no-gather", "gather"])
+def test_a_writer_that_keeps_up_still_fetches_batches(store, monkeypatch, turns):
+    from models.predictor import service as service_module
+    from models.predictor.core import Model, Scorer
+    from models.predictor.service import ScorerService
+
+    if turns is not None:
+        monkeypatch.setattr(service_module, "RAW_GATHER_TURNS", turns)
+    scorer = Scorer()
+    scorer.swap(Model.from_booster(train_booster(), "v1", scorer.feature_names))
+    reader = CountingReader(store, DEFAULT_SPEC)
+    service = ScorerService(scorer, raw=RawTransactions(reader))
+    messages = [m for m in _messages() if m.transaction_id != "bad"] * 10
+    context = _FastContext([scorer_pb2.ScoreRequest(transaction_id=m.transaction_id, transaction=m) for m in messages])
+    asyncio.run(service.ScoreStream(None, context))
+    assert len(context.written) == len(messages)
+    if turns == 0:  # without waiting a few turns, each message is fetched alone
+        assert reader.mgets == len(messages)
+    else:
+        assert reader.mgets <= len(messages) / 4
