@@ -33,7 +33,10 @@ runs on the local runner as ``streamscore stream`` does, tuned by :mod:`streamin
 (100-message pulls that answer at once when empty); ``-pull<N>`` / ``-wait<S>`` change the tuning's pull size
 and deadline, ``-untuned`` runs Beam's runner as it ships (10-message pulls, 30 s deadline), e.g.
 ``features-untuned``, ``bare-pull10``. The ratio compares each variant with the bare run of the
-same tuning.
+same tuning. Scoring only: ``-learn`` gives the job ``--registry`` (the predictor's model, promoted
+in a registry of the run with its training reference), so labels train the online learner;
+``-log`` adds ``--example-log DIR`` and ``-monitor`` ``--live-monitoring`` (with ``-learn``),
+e.g. ``scoring-learn,scoring-learn-log-monitor`` for the cost of the example log and live monitoring.
 
 ``BENCH_STREAM_PROFILE=DIR`` runs every job subprocess under cProfile (the runner's worker
 thread, where all transforms execute) and writes ``DIR/<variant>-<repeat>.prof``.
@@ -68,9 +71,12 @@ PULL_SIZE = 100  # streaming.job.pipeline's --local-pull-size default (Beam 2.77
 PULL_TIMEOUT = 30.0  # its --local-pull-deadline default (Beam's, with return_immediately)
 BASE_VARIANTS = ("bare", "features", "scoring")
 JOB_KINDS = tuple(f"{v}-job" for v in BASE_VARIANTS)
-_VARIANT = re.compile(r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned|-store)*)$")
+_VARIANT = re.compile(
+    r"^(?P<base>[a-z]+)(?P<mods>(?:-pull\d+|-wait\d+(?:\.\d+)?|-untuned|-store|-learn|-log|-monitor)*)$")
 #: redis:// URL of the run's redis-server, set by run() when a variant has ``-store``.
 _ONLINE_STORE: list[str] = []
+#: The run's registry (the predictor's model, promoted, with its training reference), set when a variant has ``-learn``.
+_REGISTRY: list[str] = []
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -158,6 +164,9 @@ class Variant:
     pull_timeout: float = PULL_TIMEOUT
     tuned: bool = True
     store: bool = False  # -store: the job also writes the online store (--online-store, a redis-server)
+    learn: bool = False  # -learn: --registry, so labels train the online learner (scoring only)
+    log: bool = False  # -log: --example-log DIR (scoring only)
+    monitor: bool = False  # -monitor: --live-monitoring (needs -learn: the registry's reference)
 
     @property
     def tuning(self) -> tuple:
@@ -176,8 +185,13 @@ def parse_variant(name: str) -> Variant:
         raise ValueError(f"bad variant {name!r}: expected one of {', '.join(BASE_VARIANTS)} "
                          "optionally followed by -pull<N>, -wait<seconds> and/or -untuned")
     size, timeout, tuned, store = PULL_SIZE, PULL_TIMEOUT, True, False
+    scoring_mods = {"learn": False, "log": False, "monitor": False}
     for mod in match["mods"].split("-")[1:]:
-        if mod == "store":
+        if mod in scoring_mods:
+            if match["base"] != "scoring":
+                raise ValueError(f"bad variant {name!r}: -{mod} needs the scoring job")
+            scoring_mods[mod] = True
+        elif mod == "store":
             if match["base"] == "bare":
                 raise ValueError(f"bad variant {name!r}: -store needs the real job (features or scoring)")
             store = True
@@ -191,7 +205,9 @@ def parse_variant(name: str) -> Variant:
         raise ValueError(f"bad variant {name!r}: pull size must be >= 1 and wait > 0")
     if not tuned and (size, timeout) != (PULL_SIZE, PULL_TIMEOUT):
         raise ValueError(f"bad variant {name!r}: -pull/-wait are local-runner tuning, not with -untuned")
-    return Variant(name, match["base"], size, timeout, tuned, store)
+    if scoring_mods["monitor"] and not scoring_mods["learn"]:
+        raise ValueError(f"bad variant {name!r}: -monitor needs -learn (the registry holding the reference)")
+    return Variant(name, match["base"], size, timeout, tuned, store, **scoring_mods)
 
 
 # --------------------------------------------------------------------------- /proc
@@ -418,7 +434,7 @@ class Job:
 
 
 @contextlib.contextmanager
-def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int):
+def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int, registry: bool = False):
     """``streamscore serve`` for the scoring variant, on a real fraud model (so alerts are as rare as frauds).
 
     The model is trained as ``streamscore up`` trains one: XGBoost (100 trees of depth 6) on the
@@ -434,6 +450,16 @@ def scoring_predictor(workdir: Path, customers: int, terminals: int, seed: int):
     booster = fit(table, DEFAULT_SPEC.names, {"max_depth": 6, "learning_rate": 0.1, "n_estimators": 100}, seed=seed)
     model = workdir / "model.json"
     booster.save_model(str(model))
+    if registry:  # -learn variants: the same model, promoted, with its training reference
+        from models.monitoring import REFERENCE_FILE, Reference
+        from models.registry import Registry
+        from models.training import predict
+
+        reg = Registry.open(workdir / "registry")
+        reference = Reference.fit(table, DEFAULT_SPEC.names, predict(booster, table, DEFAULT_SPEC.names))
+        reg.promote(reg.register(booster, {"feature_names": list(DEFAULT_SPEC.names)}, spec_hash=DEFAULT_SPEC.spec_hash,
+                                 extra_files={REFERENCE_FILE: reference.to_json()}))
+        _REGISTRY[:] = [str(workdir / "registry")]
     with our_server(model, workdir, name="predictor") as target:
         yield str(target)
 
@@ -468,6 +494,12 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
         job_args += ["--predictor", predictor, "--scores-topic", names["out"], "--alerts-topic", names["alerts"]]
     if variant.store:
         job_args += ["--online-store", _ONLINE_STORE[0]]
+    if variant.learn:
+        job_args += ["--registry", _REGISTRY[0], "--allow-unsigned", "--monitoring-topic", names["monitoring"]]
+    if variant.log:
+        job_args += ["--example-log", names["log_dir"]]
+    if variant.monitor:
+        job_args += ["--live-monitoring"]
     if variant.base in ("features", "scoring"):
         tuning = (["--local-pull-size", str(variant.pull_size), "--local-pull-deadline", str(variant.pull_timeout)]
                   if variant.tuned else ["--no-local-tuning"])
@@ -520,8 +552,9 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
     tag = f"{variant.name}-{repeat}-{uuid.uuid4().hex[:6]}"
     names = {"in": f"bench-in-{tag}", "out": f"bench-out-{tag}", "dead": f"bench-dead-{tag}",
              "labels": f"bench-labels-{tag}", "in_sub": f"bench-in-sub-{tag}", "out_sub": f"bench-out-check-{tag}",
-             "dead_sub": f"bench-dead-check-{tag}", "labels_sub": f"bench-labels-sub-{tag}", "alerts": f"bench-alerts-{tag}"}
-    emulator.ensure([names["in"], names["out"], names["dead"], names["labels"], names["alerts"]], {
+             "dead_sub": f"bench-dead-check-{tag}", "labels_sub": f"bench-labels-sub-{tag}", "alerts": f"bench-alerts-{tag}",
+             "monitoring": f"bench-monitoring-{tag}", "log_dir": str(workdir / f"{tag}-log")}
+    emulator.ensure([names["in"], names["out"], names["dead"], names["labels"], names["alerts"], names["monitoring"]], {
         names["in_sub"]: names["in"], names["out_sub"]: names["out"], names["dead_sub"]: names["dead"],
         names["labels_sub"]: names["labels"]})
     out = Outcome(variant.name, repeat, n)
@@ -585,6 +618,12 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
         subscriber.close()
     if out.exit_note:
         print(f"  {variant.name} #{repeat}: {out.exit_note}; log tail:\n{job.tail()}", file=sys.stderr)
+    if variant.log:
+        import pyarrow.parquet as pq
+
+        files = sorted(Path(names["log_dir"]).glob("day=*/*.parquet"))
+        print(f"  {variant.name} #{repeat}: example log {sum(pq.read_metadata(f).num_rows for f in files):,} rows "
+              f"in {len(files)} files", file=sys.stderr)
     if out.arrivals:
         ts = sorted(out.arrivals)
         out.startup = ts[0] - job.started
@@ -643,6 +682,12 @@ def summarize(outcomes: list[Outcome], variants: Sequence[Variant]) -> None:
             _fmt(median([o.startup for o in rows]), ".1f"), _fmt(median([o.drain for o in rows]), ".1f"),
             _fmt(median([o.cpu_ms for o in rows]), ".1f"), _fmt(median([o.rss_mib for o in rows]), ",.0f"),
             _fmt(median(ratios), ".2f") if ratios else "-"))
+    for v in variants:  # the cost of the example log / live monitoring: same run, same repeat
+        plain = v.name.replace("-log", "").replace("-monitor", "")
+        if plain != v.name and plain in by:
+            ratios = [o.rate / b.rate for o in by[v.name] for b in by[plain] if b.repeat == o.repeat and b.rate > 0]
+            print(f"\nratio {v.name}/{plain} per repeat: {', '.join(format(r, '.2f') for r in ratios)}; "
+                  f"median {_fmt(median(ratios), '.2f')}")
     if "bare" in by and "features" in by:
         bare_rate, feat_rate = median([o.rate for o in by["bare"]]), median([o.rate for o in by["features"]])
         print(f"\nratio features/bare (ratio of the medians): {_fmt(feat_rate / bare_rate, '.2f')}")
@@ -692,7 +737,8 @@ def run(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-stream-"))
         emulator = stack.enter_context(PubSubEmulator())
-        predictor = stack.enter_context(scoring_predictor(Path(workdir), args.customers, args.terminals, args.seed)) if any(
+        predictor = stack.enter_context(scoring_predictor(
+            Path(workdir), args.customers, args.terminals, args.seed, registry=any(v.learn for v in variants))) if any(
             v.base == "scoring" for v in variants) else None
         if any(v.store for v in variants):
             from streaming.store.redis_server import RedisServer

@@ -6,7 +6,14 @@ window's transactions and the command prints one ``monitoring`` event per line (
 every feature and of the score against the training reference stored with the model
 (:mod:`models.monitoring`), each one's status under ``--psi-warn`` / ``--psi-alarm``, and the
 window's AP and card precision@100 (the table's labels play the late labels). This is the
-batch view of what the streaming job will publish per window (not wired yet).
+batch view of what the streaming job publishes per window with ``stream --live-monitoring``.
+``--features`` may also be the job's labelled-example log (``stream --example-log DIR``).
+
+``--follow SUBSCRIPTION`` reads those live ``stability`` events from a subscription of the job's
+``monitoring`` topic instead (``--emulator-host`` for the local emulator), prints each as a JSON
+line and, with ``--metrics-port P``, serves them as Prometheus gauges on ``:P/metrics``
+(:class:`models.monitoring.MonitoringGauges`: PSI and alarm flag per variable, live quality).
+Other ``monitoring`` events (the learner's drift and snapshots) are skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +34,17 @@ from models.registry import Registry
 def run(argv: list[str] | None = None) -> int:
     """``streamscore monitor``: PSI against the training reference and live quality, window by window."""
     parser = argparse.ArgumentParser(prog="streamscore monitor", description=run.__doc__)
-    parser.add_argument("--features", required=True, help="feature table (.parquet) from `streamscore featurize`")
+    parser.add_argument("--features", help="feature table (.parquet) from `streamscore featurize`, or an example-log "
+                        "directory (`stream --example-log`)")
+    follow = parser.add_argument_group("following the streaming job (stream --live-monitoring)")
+    follow.add_argument("--follow", metavar="SUBSCRIPTION", default=None,
+                        help="read live stability events from this subscription of the job's monitoring topic "
+                             "instead of scoring a table (name, or projects/P/subscriptions/NAME)")
+    follow.add_argument("--project", default="local-project", help="Pub/Sub project of --follow (default local-project)")
+    follow.add_argument("--emulator-host", default=None, help="HOST:PORT of a Pub/Sub emulator for --follow")
+    follow.add_argument("--metrics-port", type=int, default=None,
+                        help="with --follow: serve the events as Prometheus gauges on this port (0: any free port)")
+    follow.add_argument("--max-events", type=int, default=None, help="with --follow: stop after this many events")
     parser.add_argument("--registry", default="registry", help="registry directory or gs://bucket/prefix (default ./registry)")
     parser.add_argument("--model", default="production", help="version id or 'production' (default)")
     parser.add_argument("--start", type=dt.date.fromisoformat, help="first day (default: the day after the model's training)")
@@ -39,6 +56,12 @@ def run(argv: list[str] | None = None) -> int:
 
     add_trust_arguments(parser, signs=False)  # the model is verified before it is read
     args = parser.parse_args(argv)
+    if (args.follow is None) == (args.features is None):
+        parser.error("give --features (a table or example log to score) or --follow SUBSCRIPTION (the live job's events)")
+    if args.follow is not None:
+        return follow_events(args)
+    if args.metrics_port is not None or args.max_events is not None:
+        parser.error("--metrics-port and --max-events go with --follow")
     keys = keys_or_exit(parser, args, signs=False)
     if args.window_days < 1 or args.quality_days < 1:
         parser.error("--window-days and --quality-days must be >= 1")
@@ -72,6 +95,62 @@ def run(argv: list[str] | None = None) -> int:
     print(f"streamscore monitor: model {model.version}, {windows} window{'s' if windows != 1 else ''} of"
           f" {args.window_days} day(s) from {start} over {len(table):,} rows of {args.features}; {alarms} with a PSI"
           f" alarm (> {args.psi_alarm:g}) ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def follow_events(args, out=None) -> int:
+    """``monitor --follow``: print the job's stability events and keep their gauges current."""
+    from models.monitoring import MonitoringGauges
+
+    out = sys.stdout if out is None else out
+    if args.max_events is not None and args.max_events < 1:
+        raise ValueError(f"--max-events must be >= 1, got {args.max_events}")
+    gauges = MonitoringGauges()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(args.metrics_port, addr="127.0.0.1" if args.emulator_host else "0.0.0.0",
+                                      registry=gauges.registry)
+        print(f"streamscore monitor: metrics on :{server.server_port}/metrics", file=sys.stderr, flush=True)
+    subscription = args.follow if args.follow.startswith("projects/") else f"projects/{args.project}/subscriptions/{args.follow}"
+    if args.emulator_host:
+        from streaming.io.pubsub_local import subscriber_client
+
+        subscriber = subscriber_client(args.emulator_host)
+    else:
+        from google.cloud import pubsub_v1
+
+        subscriber = pubsub_v1.SubscriberClient()
+    from google.api_core import exceptions
+
+    seen = alarms = 0
+    try:
+        while args.max_events is None or seen < args.max_events:
+            try:
+                response = subscriber.pull(request={"subscription": subscription, "max_messages": 100}, timeout=5.0)
+            except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable):
+                continue
+            if response.received_messages:
+                subscriber.acknowledge(request={"subscription": subscription,
+                                                "ack_ids": [r.ack_id for r in response.received_messages]})
+            for received in response.received_messages:
+                try:
+                    event = json.loads(received.message.data)
+                except ValueError:
+                    print(f"streamscore monitor: skipped a monitoring message that is not JSON "
+                          f"({len(received.message.data)} bytes)", file=sys.stderr)
+                    continue
+                if not isinstance(event, dict) or event.get("kind") != "stability":
+                    continue
+                gauges.publish(event)
+                seen, alarms = seen + 1, alarms + (event.get("status") == "alarm")
+                print(json.dumps(event, sort_keys=True), file=out, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+    print(f"streamscore monitor: {seen} stability event{'s' if seen != 1 else ''} from {subscription}; "
+          f"{alarms} with a PSI alarm", file=sys.stderr)
     return 0
 
 

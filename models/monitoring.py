@@ -15,7 +15,8 @@
   :class:`MonitoringGauges` — the same figures as Prometheus gauges.
 
 Pure numpy/pandas (prometheus_client only for the gauges); the streaming job and the
-predictor are the transports that feed it (not wired yet: see docs/continuous-training.md).
+predictor are the transports that feed it (``stream --live-monitoring``: :mod:`streaming.job.monitor`;
+``monitor --follow``: :mod:`models.cli_monitor`; see docs/continuous-training.md).
 
 >>> round(psi([0.5, 0.5], [0.25, 0.75]), 4)
 0.2747
@@ -231,6 +232,11 @@ class MonitoringGauges:
                            ["variable"], registry=r)
         self.live = Gauge("streamscore_monitoring_live_quality", "Live quality over the sliding labelled window",
                           ["metric"], registry=r)
+        self.status = Gauge("streamscore_monitoring_status", "The last window's overall status: 0 ok, 1 warn, 2 alarm",
+                            registry=r)
+        self.window_end = Gauge("streamscore_monitoring_window_end_seconds",
+                                "Event-time end of the last window reported (Unix seconds; the stream's events only)",
+                                registry=r)
         from models.served import ServedGauges
 
         self.online = ServedGauges(r)  # the online model's events: as served, and prequential
@@ -245,3 +251,6 @@ class MonitoringGauges:
         for metric, value in (event.get("live") or {}).items():
             if value is not None:
                 self.live.labels(metric=metric).set(float(value))
+        self.status.set(("ok", "warn", "alarm").index(event.get("status", "ok")))
+        if event.get("window_end"):
+            self.window_end.set(pd.Timestamp(event["window_end"]).timestamp())

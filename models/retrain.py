@@ -148,6 +148,14 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
             "champion_model": champion_info, **metrics}
 
 
+def retrain_from(source: str, registry: Registry, config: RetrainConfig, spec: str | None = None) -> dict:
+    """:func:`retrain` on the feature table at ``source`` (read as ``--features`` is); what
+    ``streamscore controller``'s trigger calls."""
+    table_spec = feature_table_spec(source, spec)
+    table = read_feature_table(source, table_spec.names, table_spec.spec_hash)
+    return {**retrain(table, table_spec.names, table_spec.spec_hash, registry, config, str(source)), "rows": len(table)}
+
+
 def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)

@@ -51,6 +51,7 @@ CONFIRMED = "confirmed"
 UNCONFIRMED = "unconfirmed"
 KEY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_FRAUD")
 MONITOR_KEY = "monitor"
+_NEVER = 2**63 - 1
 
 
 def log_columns(spec: FeatureSpec) -> list[str]:
@@ -117,6 +118,7 @@ class JoinStore:
         self._pending: dict[str, tuple[int, int]] = {}  # transaction id -> (its time, label)
         self._latest: int | None = None
         self._expired: list[LogRow] = []
+        self._oldest = _NEVER  # a lower bound of every kept record's and pending label's time
         self.unmatched_labels = 0
 
     def __len__(self) -> int:
@@ -130,6 +132,7 @@ class JoinStore:
             row = LogRow(record, pending[1], CONFIRMED)
         else:
             self._records[record.transaction_id] = record
+            self._oldest = min(self._oldest, record.time_ns)
         self._advance(record.time_ns)
         return row
 
@@ -139,6 +142,7 @@ class JoinStore:
             return LogRow(record, int(label), CONFIRMED)
         if self._latest is None or time_ns_ >= self._latest - self.keep_ns:
             self._pending[transaction_id] = (int(time_ns_), int(label))
+            self._oldest = min(self._oldest, int(time_ns_))
         else:
             self.unmatched_labels += 1
         return None
@@ -153,6 +157,8 @@ class JoinStore:
             return
         self._latest = t
         cutoff = t - self.keep_ns
+        if cutoff <= self._oldest:  # nothing kept is old enough: no scan (the common case)
+            return
         old = [tid for tid, r in self._records.items() if r.time_ns < cutoff]
         for tid in old:
             self._expired.append(LogRow(self._records.pop(tid), 0, UNCONFIRMED))
@@ -160,6 +166,8 @@ class JoinStore:
         for tid in stale:
             del self._pending[tid]
         self.unmatched_labels += len(stale)
+        self._oldest = min((r.time_ns for r in self._records.values()), default=_NEVER)
+        self._oldest = min(self._oldest, min((tt for tt, _ in self._pending.values()), default=_NEVER))
 
 
 # --------------------------------------------------------------------------- Parquet

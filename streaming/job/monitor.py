@@ -45,6 +45,10 @@ from streaming.job.example_log import MonitorBatch
 
 SCHEMA_MONITORING = "streamscore.monitoring.v1"  # as streaming.job.learning's events
 HOUR_NS = 3_600 * 10**9
+#: registry → (when read, (production version, its reference) or None), per worker process: the
+#: local runner unpickles a fresh DoFn per bundle, which would otherwise re-read and re-verify
+#: the version every bundle.
+_CURRENT: dict[str, tuple[float, tuple[str, Reference] | None]] = {}
 
 
 @dataclass
@@ -140,6 +144,13 @@ class LiveMonitorFn(beam.DoFn):
         now = self.clock()
         if self._checked is not None and now - self._checked < self.refresh_seconds:
             return self._current
+        if self.reference is None and self.registry in _CURRENT:  # another bundle's copy of this DoFn read it
+            checked, current = _CURRENT[self.registry]
+            if now - checked < self.refresh_seconds:
+                self._checked, self._current = checked, current
+                if current is not None:
+                    self._references[current[0]] = current[1]
+                return current
         self._checked = now
         if self.reference is not None:
             self._current = self.reference()
@@ -147,6 +158,7 @@ class LiveMonitorFn(beam.DoFn):
             version = self._open().alias("production")["version"]
             reference = self._reference_of(version) if version is not None else None
             self._current = (version, reference) if reference is not None else None
+            _CURRENT[self.registry] = (now, self._current)
         if self._current is not None:
             self._references[self._current[0]] = self._current[1]
         return self._current

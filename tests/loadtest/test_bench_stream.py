@@ -96,3 +96,21 @@ def test_job_commands_pass_the_tuning_to_every_kind():
 def test_median_ignores_missing_values():
     assert bs.median([3.0, math.nan, 1.0, 2.0]) == 2.0
     assert math.isnan(bs.median([math.nan]))
+
+
+def test_learn_log_and_monitor_variants_pass_the_jobs_flags(monkeypatch):
+    class Emulator:
+        project, host_port = "local-project", "127.0.0.1:1"
+
+    monkeypatch.setattr(bs, "_REGISTRY", ["/reg"])
+    names = {k: k for k in ("in_sub", "out", "dead", "labels_sub", "alerts", "monitoring", "log_dir")}
+    learn = bs._job_command(bs.parse_variant("scoring-learn"), Emulator, names, "backlog", None, predictor="h:1")
+    full = bs._job_command(bs.parse_variant("scoring-learn-log-monitor"), Emulator, names, "backlog", None,
+                           predictor="h:1")
+    assert learn[learn.index("--registry") + 1] == "/reg" and "--example-log" not in learn
+    assert "--live-monitoring" not in learn
+    assert full[full.index("--example-log") + 1] == "log_dir" and "--live-monitoring" in full
+    assert [a for a in full if a not in ("--example-log", "log_dir", "--live-monitoring")] == learn
+    for bad, why in (("features-log", "needs the scoring job"), ("scoring-log-monitor", "-monitor needs -learn")):
+        with pytest.raises(ValueError, match=why):
+            bs.parse_variant(bad)

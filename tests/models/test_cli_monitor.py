@@ -39,3 +39,73 @@ def test_monitor_raises_the_alarm_from_the_shift_day_only(make_feature_table, tm
     assert cli.main(["monitor", "--features", str(path), "--registry", str(reg), "--psi-alarm", "100",
                      "--start", SHIFT_DAY]) == 0
     assert all(json.loads(line)["status"] != "alarm" for line in capsys.readouterr().out.splitlines())
+
+
+def example_log_of(table, directory):
+    """A feature table written as the streaming job's labelled-example log (day partitions)."""
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.job.example_log import CONFIRMED, LogRecord, LogRow, write_rows
+
+    names = list(DEFAULT_SPEC.names)
+    times = table["TX_DATETIME"].to_numpy().astype("datetime64[ns]").astype("int64")
+    rows = [LogRow(LogRecord(str(tid), int(t), str(c), str(m), tuple(x), 0.5, "v0"), int(y), CONFIRMED)
+            for tid, t, c, m, y, x in zip(table["TRANSACTION_ID"], times, table["CUSTOMER_ID"], table["TERMINAL_ID"],
+                                          table["TX_FRAUD"], table[names].to_numpy())]
+    for i in range(0, len(rows), 1000):  # one write per "bundle"
+        write_rows(str(directory), rows[i:i + 1000], DEFAULT_SPEC)
+
+
+def test_train_evaluate_and_monitor_read_the_example_log_directory(make_feature_table, tmp_path, capsys):
+    table = make_feature_table(days=20, per_day=200, seed=7)
+    example_log_of(table, tmp_path / "log")
+    assert len(list((tmp_path / "log").glob("day=*"))) == 20
+    reg = tmp_path / "reg"
+    assert cli.main(["train", "--features", str(tmp_path / "log"), "--train-start", "2018-06-01", "--grid", "default",
+                     "--valid-folds", "0", "--registry", str(reg), "--promote", "--nthread", "1"]) == 0
+    assert f"{len(table):,} rows" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--features", str(tmp_path / "log"), "--model", "production", "--registry", str(reg)]) == 0
+    capsys.readouterr()
+    assert cli.main(["monitor", "--features", str(tmp_path / "log"), "--registry", str(reg), "--window-days", "2"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events and all(e["kind"] == "stability" for e in events)
+
+
+@pytest.mark.integration
+def test_follow_prints_the_jobs_stability_events_and_serves_them_as_gauges(pubsub_emulator, capsys):
+    import re
+    import urllib.request
+    import uuid
+
+    from models.monitoring import monitoring_event
+    from streaming.job.learning import monitoring_message
+    from streaming.job.monitor import stability_message
+
+    topic, sub = f"mon-{uuid.uuid4().hex[:8]}", f"mon-follow-{uuid.uuid4().hex[:8]}"
+    pubsub_emulator.ensure([topic], {sub: topic})
+    publisher = pubsub_emulator.publisher_client()
+    path = pubsub_emulator.topic_path(topic)
+    ok = monitoring_event({"TX_AMOUNT": 0.01, "score": 0.02}, model_version="v1", at="2018-04-02T00:00:00Z")
+    alarm = {**monitoring_event({"TX_AMOUNT": 0.4, "score": 0.3}, model_version="v1",
+                                live={"rows": 10, "frauds": 2, "average_precision": 0.5, "card_precision@100": 0.02}),
+             "window_end": "2018-04-03T00:00:00Z"}
+    for message in (stability_message(ok), monitoring_message("drift", detail="x"), stability_message(alarm)):
+        publisher.publish(path, message.data, **message.attributes).result()
+    assert cli.main(["monitor", "--follow", sub, "--project", pubsub_emulator.project,
+                     "--emulator-host", pubsub_emulator.host_port, "--metrics-port", "0", "--max-events", "2"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["psi"]["TX_AMOUNT"] for line in captured.out.splitlines()] == [0.01, 0.4]
+    assert "2 stability events from" in captured.err and "1 with a PSI alarm" in captured.err
+    port = int(re.search(r"metrics on :(\d+)/metrics", captured.err).group(1))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'streamscore_monitoring_psi{variable="TX_AMOUNT"} 0.4' in metrics
+    assert 'streamscore_monitoring_psi_alarm{variable="TX_AMOUNT"} 1.0' in metrics
+    assert 'streamscore_monitoring_live_quality{metric="average_precision"} 0.5' in metrics
+    assert "streamscore_monitoring_status 2.0" in metrics
+
+
+def test_follow_and_features_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["monitor"])
+    with pytest.raises(SystemExit):
+        cli.main(["monitor", "--features", "x.parquet", "--follow", "sub"])
+    assert "give --features" in capsys.readouterr().err

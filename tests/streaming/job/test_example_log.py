@@ -166,3 +166,22 @@ def test_bad_log_and_monitoring_flags_are_refused_by_name(argv, message):
 
     with pytest.raises(ValueError, match=message):
         build(argv)
+
+
+def test_join_store_expires_exactly_what_a_full_scan_would():
+    rng = np.random.default_rng(3)
+    store = JoinStore(keep_ns=3 * DAY)
+    kept: dict[str, int] = {}
+    expired = []
+    for i, t in enumerate(np.cumsum(rng.integers(0, DAY // 2, 400))):
+        t = int(t) - int(rng.integers(0, DAY))  # some out of order
+        store.add(LogRecord(str(i), t, "c", "t", (0.0,), 0.1, "v"))
+        kept[str(i)] = t
+        if i % 3 == 0 and str(i - 2) in kept:
+            store.label(str(i - 2), 1, kept[str(i - 2)])
+            kept.pop(str(i - 2), None)
+        expired += [r.record.transaction_id for r in store.take_expired()]
+    latest = store._latest
+    # every record older than the delay (before the latest time) is out, the rest is kept
+    assert set(expired) == {tid for tid, t in kept.items() if t < latest - 3 * DAY}
+    assert len(store) == len(kept) - len(expired)

@@ -129,6 +129,68 @@ def test_timers_still_fire_on_the_tuned_runner():
     assert _run_pardo([[("a", 1), ("b", 2), ("a", 3)], [("a", 60)]], TimerFn()) == [("a", 3), ("b", 1)]
 
 
+def test_a_windowed_group_by_key_still_fires_on_the_tuned_runner():
+    """Regression: Beam's _GroupAlsoByWindow is a ParDo subclass whose DoFn declares no timers, but
+    its evaluator fires the windows by timers; skipping its scan failed the pipeline."""
+    from apache_beam.transforms import window
+
+    grouped = replay([[("a", 1), ("b", 2), ("a", 3)], [("a", 15)], [("b", 27)]], _Outputs(
+        main=lambda p: p | beam.WindowInto(window.FixedWindows(10)) | beam.GroupByKey()
+        | beam.MapTuple(lambda k, vs: (k, tuple(sorted(vs))))), _at)["main"]
+    assert sorted(grouped) == [("a", (1, 3)), ("a", (15,)), ("b", (2,)), ("b", (27,))]
+
+
+def test_only_plain_pardos_without_timers_skip_the_scan():
+    from apache_beam.runners.direct import watermark_manager
+    from apache_beam.runners.direct.direct_runner import _GroupAlsoByWindow
+
+    from apache_beam.pipeline import AppliedPTransform
+    from apache_beam.transforms.core import Windowing
+    from apache_beam.transforms.window import GlobalWindows
+
+    def skips(transform) -> bool:
+        applied = AppliedPTransform(None, transform, "t", {}, None, None)
+        return watermark_manager._TransformWatermarks(None, {}, applied)._streamscore_no_timers
+
+    assert skips(beam.ParDo(HoldsBoundMethodFn()))
+    assert not skips(beam.ParDo(TimerFn()))
+    assert not skips(_GroupAlsoByWindow(Windowing(GlobalWindows())))
+
+
+def test_the_inlined_timer_scan_equals_beams():
+    from apache_beam.pipeline import AppliedPTransform
+    from apache_beam.runners.direct import watermark_manager
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+    from apache_beam.utils.timestamp import Timestamp
+
+    class Clock:
+        def time(self):
+            return Timestamp(50)
+
+    def scan(extract):
+        applied = AppliedPTransform(None, beam.ParDo(TimerFn()), "t", {}, None, None)
+        marks = watermark_manager._TransformWatermarks(Clock(), {}, applied)
+        states = {}
+        for key, timers in [("none", []), ("due", [("w1", "a", TimeDomain.WATERMARK, 10)]),
+                            ("later", [("w1", "a", TimeDomain.WATERMARK, 1000)]),
+                            ("rt-due", [("w2", "b", TimeDomain.REAL_TIME, 40)]),
+                            ("rt-later", [("w2", "b", TimeDomain.REAL_TIME, 60)]),
+                            ("mixed", [("w1", "a", TimeDomain.WATERMARK, 20), ("w2", "a", TimeDomain.WATERMARK, 21),
+                                       ("w2", "c", TimeDomain.WATERMARK, 5000)])]:
+            state = states[key] = InMemoryUnmergedState()
+            for window, name, domain, at in timers:
+                state.set_timer(window, name, domain, Timestamp(at))
+        marks._keyed_states = states
+        marks._input_watermark = Timestamp(30)
+        fired, realtime = extract(marks)
+        return sorted((f.encoded_key, f.window, f.name, f.time_domain, f.timestamp) for f in fired), realtime
+
+    cls = watermark_manager._TransformWatermarks
+    assert scan(cls.extract_transform_timers) == scan(cls._streamscore_original_extract)
+    fired, realtime = scan(cls.extract_transform_timers)
+    assert realtime and [f[0] for f in fired] == ["due", "mixed", "mixed", "rt-due"]
+
+
 class _FakeSubscriber:
     def __init__(self, responses):
         self.calls, self.responses = [], list(responses)
