@@ -140,6 +140,9 @@ def follow_events(args, out=None) -> int:
                     print(f"streamscore monitor: skipped a monitoring message that is not JSON "
                           f"({len(received.message.data)} bytes)", file=sys.stderr)
                     continue
+                if isinstance(event, dict) and event.get("kind") in ("online_served", "online_snapshot"):
+                    gauges.publish(event)  # the online model's gauges, as served and prequential (models.served)
+                    continue
                 if not isinstance(event, dict) or event.get("kind") != "stability":
                     continue
                 gauges.publish(event)

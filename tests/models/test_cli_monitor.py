@@ -88,7 +88,9 @@ def test_follow_prints_the_jobs_stability_events_and_serves_them_as_gauges(pubsu
     alarm = {**monitoring_event({"TX_AMOUNT": 0.4, "score": 0.3}, model_version="v1",
                                 live={"rows": 10, "frauds": 2, "average_precision": 0.5, "card_precision@100": 0.02}),
              "window_end": "2018-04-03T00:00:00Z"}
-    for message in (stability_message(ok), monitoring_message("drift", detail="x"), stability_message(alarm)):
+    served = monitoring_message("online_served", labels_joined=40, keep_days=7, days={}, overall={
+        "online_served": {"average_precision": 0.61, "card_precision@100": 0.2, "transactions": 40}})
+    for message in (stability_message(ok), monitoring_message("drift", detail="x"), served, stability_message(alarm)):
         publisher.publish(path, message.data, **message.attributes).result()
     assert cli.main(["monitor", "--follow", sub, "--project", pubsub_emulator.project,
                      "--emulator-host", pubsub_emulator.host_port, "--metrics-port", "0", "--max-events", "2"]) == 0
@@ -101,6 +103,9 @@ def test_follow_prints_the_jobs_stability_events_and_serves_them_as_gauges(pubsu
     assert 'streamscore_monitoring_psi_alarm{variable="TX_AMOUNT"} 1.0' in metrics
     assert 'streamscore_monitoring_live_quality{metric="average_precision"} 0.5' in metrics
     assert "streamscore_monitoring_status 2.0" in metrics
+    # the online model's served figures (online_served events) are gauges too, not printed lines
+    assert ('streamscore_online_served_quality{metric="average_precision",model="online_served",period="kept_days"} 0.61'
+            in metrics)
 
 
 def test_follow_and_features_are_exclusive(capsys):
