@@ -9,6 +9,12 @@ figure is all labels over the wall time of the slowest shard, plus one :func:`co
 the members. Each configuration runs ``--repeat`` times; medians are printed with the load
 average, and the ratio of N shards to one key. On a machine with fewer free cores than N the
 shards share cores and the ratio shows it.
+
+``--mode sequential`` (also in ``both``, the default) learns the N shares one after the other in
+this process: each shard's labels/s is then measured alone on one core, undisturbed by the other
+shards, and the figure is what N keys on N worker threads would reach — all labels over the
+slowest share's time plus the combine — i.e. what a Dataflow job with N learner keys and at
+least N free cores gets. ``parallel`` is what this machine gets with N processes at once.
 """
 
 from __future__ import annotations
@@ -54,9 +60,13 @@ def _learn(args) -> tuple[float, int, bytes]:
 
 
 def measure(name: str, X, y, ids, shards: int, pool) -> dict:
+    """``pool`` None: the shares are learned one after the other here (see the module docs)."""
     parts = [[i for i, t in enumerate(ids) if shard_of(t, shards) == s] for s in range(shards)]
     begin = time.perf_counter()
-    results = pool.map(_learn, [(name, X[p], y[p]) for p in parts]) if shards > 1 else [_learn((name, X, y))]
+    if shards > 1 and pool is not None:
+        results = pool.map(_learn, [(name, X[p], y[p]) for p in parts])
+    else:
+        results = [_learn((name, X[p], y[p])) for p in parts]
     learned = time.perf_counter() - begin
     start = time.perf_counter()
     if shards > 1:
@@ -71,7 +81,9 @@ def measure(name: str, X, y, ids, shards: int, pool) -> dict:
 def run(argv: list[str] | None = None) -> int:
     """Median labels/s per learner and shard count."""
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_online", description=run.__doc__)
-    parser.add_argument("--learners", default="linear,arf-rus")
+    parser.add_argument("--learners", default="binned,linear,arf-rus")
+    parser.add_argument("--mode", choices=("sequential", "parallel", "both"), default="both",
+                        help="shards learned one after the other (each alone on a core) or in N processes at once")
     parser.add_argument("--shards", default="1,2,4")
     parser.add_argument("--labels", type=int, default=40_000)
     parser.add_argument("--repeat", type=int, default=3)
@@ -81,20 +93,23 @@ def run(argv: list[str] | None = None) -> int:
     for name in LEARNERS:  # imports and first-call costs out of the figures
         _learn((name, X[:50], y[:50]))
     out = []
+    modes = ("sequential", "parallel") if args.mode == "both" else (args.mode,)
     with mp.get_context("fork").Pool(max(int(s) for s in args.shards.split(","))) as pool:
-        for name in args.learners.split(","):
-            base = None
-            for shards in map(int, args.shards.split(",")):
-                runs = [measure(name, X, y, ids, shards, pool) for _ in range(args.repeat)]
-                row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                row.update(learner=name, shards=shards, loadavg=open("/proc/loadavg").read().split()[:3])
-                base = base or row["labels_per_s"]
-                row["ratio_to_1"] = row["labels_per_s"] / base
-                out.append(row)
-                print(f"{name:<8} N={shards}: {row['labels_per_s']:>9,.0f} labels/s (slowest shard + combine), "
-                      f"{row['per_key_labels_per_s']:>9,.0f}/s per key, wall incl. fork/IPC "
-                      f"{row['wall_labels_per_s']:>9,.0f}/s, combine {row['combine_ms']:.1f} ms, "
-                      f"x{row['ratio_to_1']:.2f} vs N=1 | load {' '.join(row['loadavg'])}", flush=True)
+        for mode in modes:
+            for name in args.learners.split(","):
+                base = None
+                for shards in map(int, args.shards.split(",")):
+                    runs = [measure(name, X, y, ids, shards, pool if mode == "parallel" else None)
+                            for _ in range(args.repeat)]
+                    row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    row.update(learner=name, shards=shards, mode=mode, loadavg=open("/proc/loadavg").read().split()[:3])
+                    base = base or row["labels_per_s"]
+                    row["ratio_to_1"] = row["labels_per_s"] / base
+                    out.append(row)
+                    print(f"{mode:<10} {name:<8} N={shards}: {row['labels_per_s']:>9,.0f} labels/s (slowest shard "
+                          f"+ combine), {row['per_key_labels_per_s']:>9,.0f}/s per key, {1e6 / row['per_key_labels_per_s']:.1f} "
+                          f"µs/label, wall {row['wall_labels_per_s']:>9,.0f}/s, combine {row['combine_ms']:.1f} ms, "
+                          f"x{row['ratio_to_1']:.2f} vs N=1 | load {' '.join(row['loadavg'])}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)

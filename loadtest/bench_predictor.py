@@ -24,6 +24,18 @@ a model trained here with another seed, or ``--shadow-model FILE``) through the 
 stream and KServe scenarios, and prints the shadow's cost: its latency and CPU per request as
 ratios to our server without a shadow, measured in the same run.
 
+``--raw`` (issue 12; ``--raw-only``: nothing else) adds the raw-transaction modes: a fresh
+redis-server holds the stream's per-key states after ``--raw-days`` of data (the reference
+data, else simulated at its scale), written by the stream's own writer; a second server of ours
+runs with ``--online-store`` on it, and the same client sends it the ``--raw-n`` transactions of
+the following day both as ``Score(transaction)`` and as ``Score(features)`` (the features the
+raw path computes for them): sequential unary and ScoreStream with 32 in flight (1 and 4
+streams), interleaved as above. In process, per transaction, the read path (fetch + features)
+against the bare redis-py floor (one pipeline of the two GETs) on the same Redis. The Feast
+peer (``loadtest/feast_peer.py`` in ``.venv-feast``, from ``loadtest/setup_feast_env.sh``;
+skipped with a message when absent) times ``get_online_features`` for the same two entities
+and 12 window features on the same Redis; the report prints PEERS.md's like-for-like ratios.
+
 ``--profile-server FILE`` runs our server under cProfile (to find hot spots; it slows the server).
 
 Every run's client is a fresh process (``loadtest.grpc_loadgen`` with the run's spec), so each
@@ -386,6 +398,253 @@ def mlserver(model_path: Path, log_dir: Path, venv: Path, grpc_io: str = "event-
         log.close()
 
 
+
+# --------------------------------------------------------------------------- raw transactions (issue 12)
+
+RAW_LATENESS_DAYS = 7.0
+FEAST_VENV = ROOT / ".venv-feast"
+FEAST_PEER = ROOT / "loadtest" / "feast_peer.py"
+RAW_SERVER = "ours+store"
+
+
+def raw_dataset(days: int):
+    """(source, history, probe): the reference data's first ``days`` days and the day after them
+    (or a simulated dataset at the reference scale: 5,000 cards, 10,000 terminals)."""
+    import pandas as pd
+
+    from streaming.io.datasets import read_table, reference_dir
+
+    folder = reference_dir()
+    if (folder / "transactions.parquet").exists():
+        df, source = read_table(folder / "transactions.parquet"), "reference"
+    else:
+        from streaming.sim.simulator import simulate
+        df, source = simulate(customers=5000, terminals=10000, days=days + 1, seed=0), "simulated"
+    cut = df["TX_DATETIME"].min() + pd.Timedelta(days=days)
+    history = df[df["TX_DATETIME"] < cut].reset_index(drop=True)
+    probe = df[(df["TX_DATETIME"] >= cut) & (df["TX_DATETIME"] < cut + pd.Timedelta(days=1))].reset_index(drop=True)
+    return source, history, probe
+
+
+def raw_states(history) -> tuple[dict, dict]:
+    """The stream's per-key states after ``history`` (labels known, as the stream has them within the delay)."""
+    from streaming.features.spec import DAY_NS, DEFAULT_SPEC
+    from streaming.features.state import CustomerState, TerminalState
+    from streaming.features.transaction import time_ns
+    from streaming.io.datasets import iter_transactions
+
+    lateness = int(RAW_LATENESS_DAYS * DAY_NS)
+    customers, terminals = {}, {}
+    frauds = dict(zip(history["TRANSACTION_ID"].astype(str), history["TX_FRAUD"]))
+    for tx in iter_transactions(history):
+        t = time_ns(tx.event_time)
+        c = customers.get(tx.customer_id) or customers.setdefault(tx.customer_id, CustomerState(DEFAULT_SPEC, lateness))
+        c.add(tx.transaction_id, t, tx.amount)
+        m = terminals.get(tx.terminal_id) or terminals.setdefault(tx.terminal_id, TerminalState(DEFAULT_SPEC, lateness))
+        m.add_transaction(tx.transaction_id, t)
+        if frauds[tx.transaction_id]:
+            m.add_label(tx.transaction_id, t, 1)
+    return customers, terminals
+
+
+def _sizes(values) -> dict:
+    a = np.array([len(v) for v in values])
+    return {"keys": int(a.size), "median": int(np.median(a)), "p99": int(np.percentile(a, 99)), "max": int(a.max())}
+
+
+def load_store(url: str, customers: dict, terminals: dict) -> dict:
+    """Write the states with the stream's writer (ordered, pipelined); bytes per key."""
+    import time as _time
+
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.store.encoding import encode_state
+    from streaming.store.redis_store import StoreConfig, StoreWriter
+
+    config = StoreConfig.for_spec(url, DEFAULT_SPEC, RAW_LATENESS_DAYS)
+    writer = StoreWriter(config)
+    now = _time.time_ns() // 1_000_000
+    c_values = {config.customer_key(k): encode_state(s, written_at_ms=now) for k, s in customers.items()}
+    m_values = {config.terminal_key(k): encode_state(s, written_at_ms=now) for k, s in terminals.items()}
+    items = list({**c_values, **m_values}.items())
+    for i in range(0, len(items), 1000):
+        writer.write(dict(items[i:i + 1000]))
+    return {"bytes_per_card": _sizes(c_values.values()), "bytes_per_terminal": _sizes(m_values.values()),
+            "redis_used_memory_bytes": int(config.client().info("memory")["used_memory"])}
+
+
+def raw_in_process(url: str, probe_txs, repeat: int) -> dict:
+    """Per probe transaction, interleaved: the floor (a bare redis-py pipeline of the two GETs,
+    bytes only, on a pooled client as Feast's is), our MGET alone, and our read path in process
+    (``RawTransactions``): fetch + features (the reader's MGET, decode, add the transaction,
+    the stream's feature code), and the same with the message parsed first. Medians of ``repeat``."""
+    from models.predictor.raw_input import RawTransactions
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.io.encoding import to_proto
+    from streaming.store.redis_store import StoreConfig
+
+    config = StoreConfig.for_spec(url, DEFAULT_SPEC, RAW_LATENESS_DAYS)
+    floor_client = config.client()
+    raw = RawTransactions.open(url, DEFAULT_SPEC.names)
+    reader, compute = raw.reader, raw._compute
+    messages = [to_proto(tx) for tx in probe_txs]
+    keys = [(config.customer_key(tx.customer_id), config.terminal_key(tx.terminal_id)) for tx in probe_txs]
+    clock = time.perf_counter_ns
+    runs = []
+    for r in range(repeat + 1):  # the first pass warms up
+        floor, mget, fetch_features, whole = [], [], [], []
+        for tx, message, (ck, tk) in zip(probe_txs, messages, keys):
+            t0 = clock()
+            pipe = floor_client.pipeline(transaction=False)
+            pipe.get(ck)
+            pipe.get(tk)
+            pipe.execute()
+            t1 = clock()
+            reader._client.mget((ck, tk))
+            t2 = clock()
+            compute(tx, *reader.fetch(tx.customer_id, tx.terminal_id, tx.transaction_id))
+            t3 = clock()
+            raw.features(message)
+            t4 = clock()
+            floor.append(t1 - t0)
+            mget.append(t2 - t1)
+            fetch_features.append(t3 - t2)
+            whole.append(t4 - t3)
+        if r:
+            out = {}
+            for name, xs in (("floor_pipeline", floor), ("our_mget", mget), ("fetch_features", fetch_features),
+                             ("parse_fetch_features", whole)):
+                xs.sort()
+                out[f"{name}_p50_us"] = percentile(xs, 50) / 1e3
+                out[f"{name}_p99_us"] = percentile(xs, 99) / 1e3
+            out["fetch_features_over_floor_p50"] = out["fetch_features_p50_us"] / out["floor_pipeline_p50_us"]
+            out["loadavg"] = loadavg()
+            runs.append(out)
+    return {k: statistics.median(run[k] for run in runs) for k in runs[0]} | {"runs": runs}
+
+
+def raw_payloads(url: str, probe_txs, folder: Path) -> tuple[Path, Path]:
+    """Two payload files of the same transactions: ``Score(transaction)`` requests and
+    ``Score(features)`` requests with the features the raw path computes for them."""
+    from loadtest.grpc_loadgen import write_payloads
+    from models.predictor.raw_input import RawTransactions
+    from protos.streamscore.v1 import scorer_pb2
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.io.encoding import to_proto
+
+    raw = RawTransactions.open(url, DEFAULT_SPEC.names)
+    raw_reqs, vec_reqs = [], []
+    for tx in probe_txs:
+        message = to_proto(tx)
+        values = raw.features(message).values
+        raw_reqs.append(scorer_pb2.ScoreRequest(transaction_id=tx.transaction_id, model_name="production",
+                                                transaction=message))
+        vec_reqs.append(scorer_pb2.ScoreRequest(transaction_id=tx.transaction_id, model_name="production",
+                                                features=scorer_pb2.FeatureVector(values=values)))
+    raw_file, vec_file = folder / "raw.payloads", folder / "features.payloads"
+    write_payloads(raw_file, raw_reqs)
+    write_payloads(vec_file, vec_reqs)
+    return raw_file, vec_file
+
+
+def raw_scenarios(concurrency: int, raw_file: Path, vec_file: Path) -> list[tuple[str, str, dict]]:
+    """Both inputs on the same server (ours with --online-store), the same transactions."""
+    out = []
+    for label, mode in (("unary sequential", dict(concurrency=1)),
+                        (f"stream C={concurrency}", dict(mode="stream", concurrency=concurrency)),
+                        (f"stream C={concurrency} x4", dict(mode="stream", streams=4, concurrency=concurrency))):
+        for kind, path in (("features", vec_file), ("raw", raw_file)):
+            out.append((f"{kind}: {label}", RAW_SERVER, dict(protocol="scorer", payload_file=str(path), **mode)))
+    return out
+
+
+def feast_peer(url: str, customers: dict, terminals: dict, probe_txs, folder: Path, venv: Path,
+               repeat: int) -> dict | None:
+    """Feast's get_online_features for the same two entities and 12 window features, on the same
+    Redis (loadtest/feast_peer.py in ``venv``); None (and a message) when the venv is absent."""
+    from urllib.parse import urlsplit
+
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"Feast peer skipped: {python} not found (run loadtest/setup_feast_env.sh to create it)")
+        return None
+    from streaming.features.spec import DEFAULT_SPEC
+
+    names = DEFAULT_SPEC.names
+    c_names = [n for n in names if n.startswith("CUSTOMER_ID_")]
+    t_names = [n for n in names if n.startswith("TERMINAL_ID_")]
+    wanted_c = {tx.customer_id for tx in probe_txs}
+    wanted_t = {tx.terminal_id for tx in probe_txs}
+
+    def values(states, keep, cols):  # each key's window features at its latest event (floats, as stored)
+        return {k: dict(zip(cols, (s.features_at(s.max_event_time_ns)[c] for c in cols)))
+                for k, s in states.items() if k in keep and s.max_event_time_ns is not None}
+
+    (folder / "feast-values.json").write_text(json.dumps({"customer": values(customers, wanted_c, c_names),
+                                                          "terminal": values(terminals, wanted_t, t_names)}))
+    (folder / "feast-pairs.json").write_text(json.dumps([[tx.customer_id, tx.terminal_id] for tx in probe_txs]))
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or "0"
+    done = subprocess.run([str(python), str(FEAST_PEER), "--redis", f"{parts.hostname}:{parts.port},db={db}",
+                           "--values", str(folder / "feast-values.json"), "--pairs", str(folder / "feast-pairs.json"),
+                           "--repeat", str(repeat)], cwd=folder, env={**_env(), "PYTHONPATH": ""},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"Feast peer failed ({done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(done.stdout)
+    result["loadavg"] = loadavg()
+    return result
+
+
+def _per_repeat_ratio(results: dict, a: tuple, b: tuple, key) -> float:
+    """Median over repeats of key(run of a) / key(run of b) (same repeat: same load)."""
+    pairs = list(zip(results.get(a, []), results.get(b, [])))
+    return statistics.median(key(x) / key(y) for x, y in pairs) if pairs else float("nan")
+
+
+def raw_report(medians: dict, results: dict, concurrency: int, in_process: dict, feast: dict | None) -> tuple[str, dict]:
+    """The raw-transaction figures and PEERS.md's like-for-like ratios (text, and the same as a dict)."""
+    f_seq, r_seq = medians[("features: unary sequential", RAW_SERVER)], medians[("raw: unary sequential", RAW_SERVER)]
+    out = {"unary_features_p50_ms": f_seq["p50"], "unary_raw_p50_ms": r_seq["p50"],
+           "unary_features_p99_ms": f_seq["p99"], "unary_raw_p99_ms": r_seq["p99"],
+           "added_raw_p50_ms": r_seq["p50"] - f_seq["p50"]}
+    lines = ["raw transactions (issue 12), features vs raw on the same server (--online-store), same transactions:",
+             f"  sequential unary Score: features p50 {f_seq['p50']:.3f} / p99 {f_seq['p99']:.3f} ms, "
+             f"raw p50 {r_seq['p50']:.3f} / p99 {r_seq['p99']:.3f} ms (targets <= 0.5 / 1.5 ms); "
+             f"raw / features p50 {r_seq['p50'] / f_seq['p50']:.2f}x; added cost p50 {out['added_raw_p50_ms'] * 1e3:.0f} us"]
+    for label in (f"stream C={concurrency}", f"stream C={concurrency} x4"):
+        a, b = (f"raw: {label}", RAW_SERVER), (f"features: {label}", RAW_SERVER)
+        ratio = _per_repeat_ratio(results, a, b, lambda r: r["throughput_rps"])
+        out[f"{label} raw/features throughput"] = ratio
+        lines.append(f"  ScoreStream {label}: features {medians[b]['throughput_rps']:,.0f}/s, raw "
+                     f"{medians[a]['throughput_rps']:,.0f}/s: raw/features {ratio:.2f}x (median of per-repeat "
+                     f"ratios; target >= 0.7x)")
+    ip = in_process
+    lines.append(f"  in process (load {ip['loadavg']:.1f}): floor = one redis-py pipeline of 2 GETs p50 "
+                 f"{ip['floor_pipeline_p50_us']:.1f} us (p99 {ip['floor_pipeline_p99_us']:.1f}); our MGET alone "
+                 f"{ip['our_mget_p50_us']:.1f} us; fetch + features p50 {ip['fetch_features_p50_us']:.1f} us "
+                 f"(p99 {ip['fetch_features_p99_us']:.1f}) = {ip['fetch_features_over_floor_p50']:.2f}x the floor "
+                 f"(target <= 1.5x); with the parse {ip['parse_fetch_features_p50_us']:.1f} us")
+    out["fetch_features_over_floor_p50"] = ip["fetch_features_over_floor_p50"]
+    if feast is None:
+        lines.append("  Feast peer: not run (no .venv-feast)")
+    else:
+        single, batch = feast["single"], feast["batch32"]
+        fp50 = single["p50_us"]
+        out.update({"feast_p50_us": fp50, "added_over_feast_p50": out["added_raw_p50_ms"] * 1e3 / fp50,
+                    "feast_over_fetch_features_p50": fp50 / ip["fetch_features_p50_us"],
+                    "feast_over_whole_raw_p50": fp50 / (r_seq["p50"] * 1e3)})
+        lines += [f"  Feast {feast['feast_version']} get_online_features(...).to_dict(), same Redis, 2 entities x 12 "
+                  f"features (load {feast['loadavg']:.1f}; {feast['checked_equal']}/{feast['checked_rows']} rows "
+                  f"checked equal): one row per call p50 {fp50:.0f} / p90 {single['p90_us']:.0f} / p99 "
+                  f"{single['p99_us']:.0f} us; 32 rows per call {batch['per_call_p50_us']:.0f} us "
+                  f"({batch['per_row_p50_us']:.0f} us per row)",
+                  f"  PEERS.md ratios: added raw cost / Feast p50 = {out['added_over_feast_p50']:.2f} (goal <= 0.5); "
+                  f"Feast p50 / our fetch + features p50 = {out['feast_over_fetch_features_p50']:.2f}x (goal >= 2x); "
+                  f"Feast p50 / our whole raw Score p50 = {out['feast_over_whole_raw_p50']:.2f}x (issue's goal >= 5x, "
+                  f"not like for like: a gRPC call vs a library call)"]
+    return "\n".join(lines), out
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -458,7 +717,7 @@ def _median_result(results: list[dict]) -> dict:
 def format_table(medians: dict, concurrency: int, floor: dict) -> str:
     peer_seq = medians.get(("kserve sequential", "mlserver"))
     peer_tput = medians.get((f"kserve C={concurrency}", "mlserver"))
-    lines = [f"{'scenario':<22} {'server':<9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'req/s':>9} "
+    lines = [f"{'scenario':<28} {'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'req/s':>9} "
              f"{'CPU us/req':>10} {'client us':>9} {'rows/pred':>9} {'load':>5} {'errors':>6}  vs MLServer"]
     for (name, server), m in medians.items():
         if server == "mlserver":
@@ -469,10 +728,11 @@ def format_table(medians: dict, concurrency: int, floor: dict) -> str:
             ratio = f"{m['throughput_rps'] / peer_tput['throughput_rps']:.2f}x throughput"
         else:
             ratio = "(no peer)"
-        lines.append(f"{name:<22} {server:<9} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['p99.9']:>9.3f} "
+        lines.append(f"{name:<28} {server:<10} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['p99.9']:>9.3f} "
                      f"{m['throughput_rps']:>9,.0f} {m['server_cpu_us']:>10.0f} {m['client_cpu_us']:>9.0f} "
                      f"{m['rows_per_predict']:>9.1f} {m['loadavg']:>5.1f} {m['errors']:>6}  {ratio}")
-    lines.append("in-process floor (scoring core, no gRPC):")
+    if floor:
+        lines.append("in-process floor (scoring core, no gRPC):")
     for backend, f in floor.items():
         lines.append(f"  {backend:<8} score_one p50 {f['score_one_p50_us']:.1f} us, p99 {f['score_one_p99_us']:.1f} us; "
                      f"score_many(256 rows) {f['score_many_rows_per_s']:,.0f} rows/s")
@@ -509,12 +769,26 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--shadow", action="store_true",
                         help="also run our server with a second model scored in shadow, and print the shadow's cost")
     parser.add_argument("--shadow-model", type=Path, help="the shadow's XGBoost model file (default: train one here)")
+    parser.add_argument("--raw", action="store_true",
+                        help="also run the raw-transaction modes (issue 12): our server with --online-store on a "
+                             "fresh redis-server holding the stream's states, Score/ScoreStream(transaction) vs "
+                             "(features) on it, the in-process read path vs the redis-py floor, and the Feast peer")
+    parser.add_argument("--raw-only", action="store_true", help="only the raw-transaction modes (implies --raw)")
+    parser.add_argument("--raw-days", type=int, default=60, help="days of history in the store (default 60)")
+    parser.add_argument("--raw-n", type=int, default=3000,
+                        help="probe transactions of the following day (default 3000)")
+    parser.add_argument("--feast-venv", type=Path, default=FEAST_VENV,
+                        help="venv with Feast (.venv-feast, loadtest/setup_feast_env.sh); skipped when absent")
     parser.add_argument("--json", type=Path, help="write every run and the medians here")
     parser.add_argument("--profile-server", type=Path, metavar="FILE",
                         help="run our server under cProfile and write its stats here (slows it down: numbers "
                              "are then for finding hot spots, not for the table); read with python -m pstats FILE")
     args = parser.parse_args(argv)
+    args.raw = args.raw or args.raw_only
+    if args.raw_only:
+        args.skip_peer, args.xgboost_backend, args.shadow = True, False, False
     server_args = [*args.server_args.split(), "--grpc-io", args.server_grpc_io]
+    raw_in, feast, store_info = None, None, None
     load_start = loadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench-predictor-") as tmp:
@@ -524,7 +798,7 @@ def run(argv: list[str] | None = None) -> int:
             model = tmp / "model.json"
             _train(model, args.rounds, args.depth)
             print(f"trained a model: {args.rounds} trees of depth {args.depth}, 15 features")
-        floor = in_process_floor(model)
+        floor = {} if args.raw_only else in_process_floor(model)
         shadow_in_process = None
         peer = not args.skip_peer and (args.bench_venv / "bin" / "mlserver").exists()
         if not args.skip_peer and not peer:
@@ -536,10 +810,38 @@ def run(argv: list[str] | None = None) -> int:
             _train(shadow_model, args.rounds, args.depth, seed=1)
         if args.shadow:
             shadow_in_process = shadow_floor(model, shadow_model, tmp / "shadow-floor-log")
-        plan = [s for s in scenarios(args.concurrency, args.xgboost_backend, args.shadow) if peer or s[1] != "mlserver"]
-        results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
+        plan = [] if args.raw_only else [
+            s for s in scenarios(args.concurrency, args.xgboost_backend, args.shadow) if peer or s[1] != "mlserver"]
         with contextlib.ExitStack() as stack:
-            targets = {"ours": stack.enter_context(our_server(model, tmp, server_args, profile=args.profile_server))}
+            targets = {}
+            if args.raw:
+                from streaming.io.datasets import iter_transactions
+                from streaming.store.redis_server import RedisServer
+
+                redis_server = stack.enter_context(RedisServer())
+                source, history, probe = raw_dataset(args.raw_days)
+                customers, terminals = raw_states(history)
+                store_info = load_store(redis_server.url, customers, terminals)
+                probe_txs = list(iter_transactions(probe.head(args.raw_n)))
+                print(f"raw: {source} data, {len(history):,} transactions over {args.raw_days} days -> "
+                      f"{len(customers):,} cards, {len(terminals):,} terminals in redis-server {redis_server.url}; "
+                      f"{len(probe_txs):,} probe transactions of the next day; bytes per card key "
+                      f"{store_info['bytes_per_card']}, per terminal key {store_info['bytes_per_terminal']}", flush=True)
+                raw_in = raw_in_process(redis_server.url, probe_txs, args.repeat)
+                print(f"raw in process (load {raw_in['loadavg']:.2f}): "
+                      f"{json.dumps({k: round(v, 2) for k, v in raw_in.items() if k != 'runs'})}", flush=True)
+                feast = feast_peer(redis_server.url, customers, terminals, probe_txs, tmp, args.feast_venv, args.repeat)
+                if feast is not None:
+                    print(f"Feast peer (load {feast['loadavg']:.2f}): one row {json.dumps(feast['single'])}; "
+                          f"32 rows {json.dumps(feast['batch32'])}", flush=True)
+                del history, customers, terminals
+                raw_file, vec_file = raw_payloads(redis_server.url, probe_txs, tmp)
+                plan += raw_scenarios(args.concurrency, raw_file, vec_file)
+                targets[RAW_SERVER] = stack.enter_context(
+                    our_server(model, tmp, [*server_args, "--online-store", redis_server.url], "streamscore-store"))
+            results: dict[tuple[str, str], list[dict]] = {(name, server): [] for name, server, _ in plan}
+            if not args.raw_only:
+                targets["ours"] = stack.enter_context(our_server(model, tmp, server_args, profile=args.profile_server))
             if args.xgboost_backend:
                 targets["ours-xgb"] = stack.enter_context(
                     our_server(model, tmp, [*server_args, "--backend", "xgboost"], "streamscore-xgb"))
@@ -564,7 +866,7 @@ def run(argv: list[str] | None = None) -> int:
                                                            if cpu0 is not None and cpu1 is not None and total else None)
                     result["loadavg"] = loadavg()
                     results[(name, server)].append(result)
-                    print(f"[{r + 1}/{args.repeat}] {name:<20} {server:<9} p50 {result['latency_ms']['p50']:.3f} ms  "
+                    print(f"[{r + 1}/{args.repeat}] {name:<20} {server:<10} p50 {result['latency_ms']['p50']:.3f} ms  "
                           f"p99 {result['latency_ms']['p99']:.3f} ms  {result['throughput_rps']:,.0f} req/s  "
                           f"server CPU {result['server_cpu_us_per_request'] or float('nan'):.0f} us/req  "
                           f"client CPU {result.get('client_cpu_us', float('nan')):.0f} us/req  "
@@ -579,11 +881,16 @@ def run(argv: list[str] | None = None) -> int:
     print(format_table(medians, args.concurrency, floor))
     if args.shadow:
         print(shadow_cost(medians, shadow_in_process))
+    raw_summary = None
+    if args.raw:
+        text, raw_summary = raw_report(medians, results, args.concurrency, raw_in, feast)
+        print(text)
     print("targets: sequential unary p50 <= 0.5 ms and p99 <= 1.5 ms; stream >= 5x and KServe >= 2x MLServer's "
           f"throughput at C={args.concurrency}")
     if args.json:
         args.json.write_text(json.dumps({
-            "floor": floor, "shadow_floor": shadow_in_process, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
+            "floor": floor, "shadow_floor": shadow_in_process, "raw": raw_summary, "raw_in_process": raw_in,
+            "raw_store": store_info, "feast": feast, "medians": {f"{n} | {s}": m for (n, s), m in medians.items()},
             "runs": {f"{n} | {s}": runs for (n, s), runs in results.items()}}, indent=2, default=str))
     return 0
 

@@ -227,6 +227,7 @@ class LoadSpec:
     client: str = "auto"              # auto | aio | sync (sync: closed loop, concurrency 1, unary)
     event_loop: str = "auto"          # auto (uvloop when installed) | asyncio | uvloop, for the aio client
     grpc_io: str = "auto"             # auto (iomgr for the sync client, else event-engine) | event-engine | iomgr
+    payload_file: str | None = None   # pre-serialized requests (write_payloads) instead of the random pool
 
 
 def _channel_options():
@@ -267,7 +268,38 @@ class Payloads:
         return self._payloads[self._i]
 
 
+def write_payloads(path, messages) -> int:
+    """Write request messages (or their bytes) for ``LoadSpec.payload_file``: each as a 4-byte
+    little-endian length and the serialized message. Returns how many."""
+    n = 0
+    with open(path, "wb") as fh:
+        for m in messages:
+            data = m if isinstance(m, bytes) else m.SerializeToString()
+            fh.write(len(data).to_bytes(4, "little"))
+            fh.write(data)
+            n += 1
+    return n
+
+
+def read_payloads(path) -> list[bytes]:
+    """The serialized requests of a :func:`write_payloads` file, in order."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    out, pos = [], 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        if pos + 4 + size > len(data):
+            raise ValueError(f"payload file {path} is truncated at byte {pos}")
+        out.append(data[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    if not out:
+        raise ValueError(f"payload file {path} holds no request")
+    return out
+
+
 def _payloads(spec: LoadSpec) -> Payloads:
+    if spec.payload_file:
+        return Payloads(read_payloads(spec.payload_file))
     pool = feature_pool(spec.pool, spec.seed)
     if spec.protocol == "kserve":
         return Payloads(kserve_requests(pool, spec.model_name, spec.rows, spec.datatype))

@@ -256,3 +256,153 @@ def decide(state: State, config: ControllerConfig, shadow: ShadowEvidence | None
         return Decision("promote", version, f"{version} scored {shadow.events} events in shadow (alert rate "
                         f"{shadow.alert_rate:.4f}, within bounds): promoted", metrics)
     return Decision("wait", None, "no challenger in shadow and no promotion to watch")
+
+
+# --------------------------------------------------------------------------- the retrain trigger
+
+#: What the trigger does with the alarms of one tick: start a retrain, absorb them (audited, not acted on), or nothing.
+TRIGGER_ACTIONS = ("retrain", "absorb", "wait")
+
+
+@dataclasses.dataclass(frozen=True)
+class Alarm:
+    """One alarm read from the ``monitoring`` topic: ``kind`` (``drift``: the job's ADWIN on the
+    production model's error; ``stability``: a PSI window whose status is ``alarm``), the model
+    version it is about (``None`` when the event names none), when (the event's ``at``, if any)
+    and what, in words."""
+
+    kind: str
+    model_version: str | None
+    at: str | None
+    detail: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def alarm_of(event: Mapping) -> Alarm | None:
+    """The :class:`Alarm` a ``monitoring`` event raises, or ``None`` (snapshots, warm starts, a
+    stability window that is ``ok`` or ``warn``). Raises ``ValueError`` naming the field when an
+    event that should be an alarm is malformed."""
+    if not isinstance(event, Mapping) or "kind" not in event:
+        raise ValueError(f"a monitoring event must be an object with a 'kind', got {str(event)[:80]!r}")
+    kind, version = event["kind"], event.get("model_version")
+    if kind == "drift":
+        error, labels = event.get("mean_error"), event.get("labels")
+        detail = (f"{event.get('detector', 'ADWIN')} drift in the production model's error"
+                  + (f" (mean error {error:.4f} after {labels} labels)" if isinstance(error, (int, float)) else ""))
+        return Alarm("drift", version, event.get("at"), detail)
+    if kind == "stability":
+        if event.get("status") not in ("ok", "warn", "alarm"):
+            raise ValueError(f"a stability event's 'status' must be ok, warn or alarm, got {event.get('status')!r}")
+        if event["status"] != "alarm":
+            return None
+        drifted = event.get("drifted") or []
+        return Alarm("stability", version, event.get("at"), f"PSI past the alarm threshold on {', '.join(drifted) or '?'}")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerConfig:
+    """When ``streamscore controller`` starts a retrain: on an alarm (``on_alarm``) and/or every
+    ``schedule_seconds``; never twice within ``cooldown_seconds`` (one alarm, one retrain); an
+    alarm whose retrain was refused is retried up to ``retries`` times, a cooldown apart."""
+
+    on_alarm: bool = True
+    cooldown_seconds: float = 3600.0
+    schedule_seconds: float | None = None
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if not (math.isfinite(self.cooldown_seconds) and self.cooldown_seconds >= 0):
+            raise ValueError(f"cooldown_seconds must be a number >= 0, got {self.cooldown_seconds!r}")
+        if self.schedule_seconds is not None and not (math.isfinite(self.schedule_seconds)
+                                                      and self.schedule_seconds > 0):
+            raise ValueError(f"schedule_seconds must be a number > 0 (or unset), got {self.schedule_seconds!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Incident:
+    """The newest alarm that started a retrain: when, on which production version, what it
+    said; how many retrains ran since (itself included), and whether one of their challengers
+    passed the gate (``resolved``: it went to shadow or production)."""
+
+    at: str
+    version: str | None
+    detail: str
+    attempts: int
+    resolved: bool
+
+
+def _alarm_counts(alarms) -> str:
+    kinds: dict[str, int] = {}
+    for a in alarms:
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+
+
+def decide_retrain(state: State, config: TriggerConfig, alarms, *, now: float, last_retrain: float | None,
+                   incident: Incident | None = None, production_since: float | None = None) -> Decision:
+    """Whether to start a retrain now (the trigger's one rule set; ``now`` and ``last_retrain``,
+    the time of the controller's newest ``retrain`` event, in seconds since the epoch):
+
+    * alarms about another version than production (a model already replaced) are stale: absorbed;
+    * a challenger in shadow or a promotion under watch: absorbed (one change at a time: the
+      model being judged is the answer to the alarm);
+    * a retrain started less than ``cooldown_seconds`` ago: absorbed (one alarm, one retrain —
+      a drift raises many alarms while the new model is trained and judged);
+    * otherwise an alarm (with ``on_alarm``) → ``retrain``;
+    * no alarm, but the last alarm's retrains were all refused (the challenger trained before the
+      drift had labels is no better): the next retry, up to ``retries`` (``incident``: see
+      :class:`Incident`; an incident about a replaced production version is over);
+    * no alarm but ``schedule_seconds`` passed since the last retrain and since production was
+      put in place (``production_since``; or neither is known) → ``retrain`` (scheduled).
+
+    Each decision's ``metrics["trigger"]`` says which rule started a retrain (``alarm``,
+    ``retry``, ``schedule``).
+
+    >>> a = Alarm("drift", "v1", None, "ADWIN drift")
+    >>> decide_retrain(State("v1", None, None), TriggerConfig(), [a], now=100.0, last_retrain=None).action
+    'retrain'
+    >>> decide_retrain(State("v1", None, None), TriggerConfig(), [a], now=100.0, last_retrain=50.0).action
+    'absorb'
+    """
+    alarms = list(alarms) if config.on_alarm else []
+    metrics = {"alarms": [a.to_dict() for a in alarms[:20]], "alarm_count": len(alarms)}
+    fresh = [a for a in alarms if a.model_version in (None, state.production)]
+    stale = len(alarms) - len(fresh)
+    busy = None
+    if state.watching is not None and state.watching == state.production:
+        busy = f"{state.watching} is under watch after its promotion"
+    elif state.challenger is not None and state.challenger != state.production:
+        busy = f"{state.challenger} is in shadow"
+    since = None if last_retrain is None else now - last_retrain
+    cooling = since is not None and since < config.cooldown_seconds
+    if fresh:
+        what = f"{len(fresh)} alarm(s) ({_alarm_counts(fresh)}) on {state.production}: {fresh[0].detail}"
+        if stale:
+            what += f"; {stale} stale alarm(s) about replaced versions ignored"
+        if busy:
+            return Decision("absorb", state.production, f"{what}; not retraining: {busy}", metrics)
+        if cooling:
+            return Decision("absorb", state.production, f"{what}; not retraining: a retrain started {since:.0f} s "
+                            f"ago, within the cooldown of {config.cooldown_seconds:g} s", metrics)
+        return Decision("retrain", state.production, f"retrain on {what}", {**metrics, "trigger": "alarm"})
+    if stale:
+        return Decision("absorb", state.production, f"{stale} stale alarm(s) about versions no longer in production "
+                        f"({_alarm_counts(alarms)}) ignored", metrics)
+    if (incident is not None and not incident.resolved and incident.version == state.production and not busy
+            and not cooling and incident.attempts <= config.retries):
+        return Decision("retrain", state.production, f"retry {incident.attempts} of {config.retries} for the alarm "
+                        f"of {incident.at} ({incident.detail}): no challenger trained for it passed the gate yet",
+                        {**metrics, "trigger": "retry", "incident": dataclasses.asdict(incident)})
+    known = [t for t in (last_retrain, production_since) if t is not None]
+    age = now - max(known) if known else None
+    if config.schedule_seconds is not None and not busy and (age is None or age >= config.schedule_seconds):
+        return Decision("retrain", state.production, "scheduled retrain: "
+                        + ("no retrain or promotion known" if age is None else
+                           f"nothing retrained or promoted for {age:.0f} s")
+                        + f" (every {config.schedule_seconds:g} s)", {**metrics, "trigger": "schedule"})
+    return Decision("wait", state.production, "no alarm" + (f"; {busy}" if busy else ""), metrics)

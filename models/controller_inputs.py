@@ -17,6 +17,10 @@ Two small interfaces, so the controller does not care where the evidence comes f
   — optionally with ``customer_id`` and ``label``: timely alert rates before labels arrive).
   :func:`combined_rows` merges several, a labelled row winning over an unlabelled one of the
   same transaction.
+* :class:`MonitoringEvents` — the retrain trigger's input, the job's ``monitoring`` events:
+  :class:`MonitoringSubscription` (Pub/Sub, or the emulator) and :class:`MonitoringLines`
+  (JSON lines); each ``pull`` is acknowledged (``ack``) only once the controller has audited its
+  decision on it.
 """
 
 from __future__ import annotations
@@ -146,3 +150,111 @@ def combined_rows(sources: Iterable[ScoredRows]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.assign(_unlabelled=frame["TX_FRAUD"].isna()).sort_values("_unlabelled", kind="stable")
     return frame.drop_duplicates("TRANSACTION_ID", keep="first").drop(columns="_unlabelled").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- monitoring events (the trigger's input)
+
+
+class MonitoringEvents(Protocol):
+    def pull(self) -> list[dict]:
+        """The ``monitoring`` events that arrived since the last :meth:`ack`ed pull."""
+
+    def ack(self) -> None:
+        """The last pull's events were handled (decided on, audited): do not deliver them again."""
+
+
+class MonitoringLines:
+    """:class:`MonitoringEvents` from JSON-lines files (a file, or a directory of ``*.jsonl``),
+    e.g. a capture of the ``monitoring`` topic; each line is delivered once per process (the
+    offset reached in each file is kept after :meth:`ack`)."""
+
+    def __init__(self, paths: Sequence[str | Path]):
+        self.paths = [Path(p) for p in paths]
+        self._offsets: dict[Path, int] = {}
+        self._pending: dict[Path, int] = {}
+
+    def pull(self) -> list[dict]:
+        files = []
+        for path in self.paths:
+            files += sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        out, self._pending = [], {}
+        for path in files:
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(self._offsets.get(path, 0))
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            for number, line in enumerate(data[:end].splitlines(), 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError as exc:
+                        raise ValueError(f"monitoring events: {path} (line {number} after offset "
+                                         f"{self._offsets.get(path, 0)}) is not JSON: {exc}") from None
+            self._pending[path] = self._offsets.get(path, 0) + end
+        return out
+
+    def ack(self) -> None:
+        self._offsets.update(self._pending)
+        self._pending = {}
+
+
+class MonitoringSubscription:
+    """:class:`MonitoringEvents` from a Pub/Sub subscription to the job's ``monitoring`` topic
+    (``projects/P/subscriptions/S``; the emulator at ``emulator_host`` when given). Messages are
+    acknowledged only by :meth:`ack`, after the controller has decided on them and audited the
+    decision: a controller that dies in between gets them again."""
+
+    def __init__(self, subscription: str, *, emulator_host: str | None = None, max_messages: int = 1000,
+                 settle: float = 1.0):
+        self.subscription = subscription
+        self.max_messages = max_messages
+        self.settle = settle
+        if emulator_host:
+            from streaming.io.pubsub_local import subscriber_client
+
+            self._client = subscriber_client(emulator_host)
+        else:  # pragma: no cover - needs Google Cloud credentials
+            from google.cloud import pubsub_v1
+
+            self._client = pubsub_v1.SubscriberClient()
+        self._ack_ids: list[str] = []
+
+    def pull(self) -> list[dict]:
+        """Everything the subscription holds now: pulls until a pull comes back short, and keeps
+        pulling for ``settle`` seconds while they come back empty (an empty answer from Pub/Sub
+        does not mean there is nothing: a message published a moment ago may come on the next)."""
+        import time
+
+        from google.api_core import exceptions
+
+        out, self._ack_ids = [], []
+        settle_until = time.monotonic() + self.settle
+        while True:
+            try:
+                response = self._client.pull(request={"subscription": self.subscription,
+                                                      "max_messages": self.max_messages}, timeout=2.0, retry=None)
+                received = response.received_messages
+            except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable):
+                received = []
+            for item in received:
+                self._ack_ids.append(item.ack_id)
+                try:
+                    out.append(json.loads(item.message.data))
+                except ValueError:
+                    out.append({"kind": "unreadable", "data": item.message.data[:200].decode("utf-8", "replace")})
+            if len(received) == self.max_messages:
+                continue
+            if received or out or time.monotonic() >= settle_until:
+                return out
+            time.sleep(0.1)
+
+    def ack(self) -> None:
+        for start in range(0, len(self._ack_ids), 1000):
+            self._client.acknowledge(request={"subscription": self.subscription,
+                                              "ack_ids": self._ack_ids[start:start + 1000]})
+        self._ack_ids = []
+
+    def close(self) -> None:
+        self._client.close()

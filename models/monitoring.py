@@ -259,8 +259,14 @@ class MonitoringGauges:
         self.window_end = Gauge("streamscore_monitoring_window_end_seconds",
                                 "Event-time end of the last window reported (Unix seconds; the stream's events only)",
                                 registry=r)
+        from models.served import ServedGauges
+
+        self.online = ServedGauges(r)  # the online model's events: as served, and prequential
 
     def publish(self, event: Mapping) -> None:
+        if event.get("kind") in ("online_served", "online_snapshot"):
+            self.online.publish(event)
+            return
         for name, value in event["psi"].items():
             self.psi.labels(variable=name).set(value)
             self.alarm.labels(variable=name).set(1.0 if event["psi_status"][name] == "alarm" else 0.0)

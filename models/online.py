@@ -78,9 +78,19 @@ def linear_rus_model():
     return GenuineSubsampler(default_model(), keep=0.05, seed=0)
 
 
+def binned_model():
+    """:class:`models.online_binned.BinnedLogistic`: the linear model plus quantile-bin weights and
+    the amount's log and ratios to the customer's averages (the default ``--online-learner``)."""
+    from models.online_binned import binned_model as factory
+
+    return factory()
+
+
 #: The learners ``--online-learner`` offers (module-level factories: they pickle by name).
-LEARNERS: dict[str, Callable[[], object]] = {"linear": default_model, "linear-rus": linear_rus_model,
-                                              "arf-rus": arf_rus_model}
+LEARNERS: dict[str, Callable[[], object]] = {"binned": binned_model, "linear": default_model,
+                                              "linear-rus": linear_rus_model, "arf-rus": arf_rus_model}
+#: The learner chosen on the validation weeks (``python -m models.online_eval``).
+DEFAULT_LEARNER = "binned"
 
 
 def learner_factory(name: str) -> Callable[[], object]:

@@ -160,6 +160,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     for n in names:
         mean[n] = _mean(results[n]["weeks"][str(w)]["served"] for w in TEST_WEEKS)
     print(f"{'mean':<11}{_pair(mean['xgboost']):>14}" + "".join(f"{_pair(mean[n]):>20}{'':>18}" for n in names))
+    last = str(TEST_WEEKS[-1])
+    floor = max(ANCHORS.values())
+    print(f"\nlast test week {last}: served AP gap to XGBoost (goal <= 0.05); lowest served AP of a test week "
+          f"(goal >= the plain-River anchors, {floor}); learning cost")
+    for n in names:
+        served_ap = [results[n]["weeks"][str(w)]["served"]["average_precision"] for w in TEST_WEEKS]
+        gap = xgb[last]["average_precision"] - results[n]["weeks"][last]["served"]["average_precision"]
+        costs = results[n]["costs"]
+        results[n]["last_week_gap"] = gap
+        print(f"  {n:<11} gap {gap:+.3f} {'met' if gap <= 0.05 else 'MISSED'}; lowest week {min(served_ap):.3f} "
+              f"{'met' if min(served_ap) >= floor else 'MISSED'}; "
+              f"{1e6 * costs['learn_s'] / max(costs['labels_learned'], 1):.1f} µs per label (predict + learn)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"selected": chosen, "learners": results, "xgboost": xgb, "anchors": ANCHORS,

@@ -10,6 +10,10 @@ predictor serves:
   ``sigmoid(x · w/σ + b − μ/σ · w)`` and their parameters averaged: the combined model is again
   that pipeline (identity scaler), so its prediction is ``sigmoid(mean of the members' logits)``
   and the predictor keeps its vectorised linear path;
+* members that are the binned logistic regression (:mod:`models.online_binned`, the default)
+  are combined by :class:`~models.online_binned.MeanLogit`, the sigmoid of their mean logit —
+  the parameter average of linear models, for members whose bin edges differ — served by the
+  predictor's vectorised :class:`~models.predictor.online.BinnedForm`;
 * any other members (forests, under-sampled learners) are combined by :class:`MeanProbability`:
   the mean of the members' fraud probabilities, as a bagging ensemble predicts.
 
@@ -92,7 +96,11 @@ def combine(members: Sequence[OnlineLearner]) -> OnlineLearner:
             raise ValueError(f"members disagree on feature names: {list(m.feature_names)} vs {list(names)}")
     folded = [_folded(m) for m in members]
     combined = OnlineLearner(names, members[0].model_factory, max_history=members[0].max_history)
-    if all(f is not None for f in folded):
+    from models.online_binned import BinnedLogistic, MeanLogit
+
+    if all(type(m._model) is BinnedLogistic for m in members):
+        combined._model = MeanLogit([m._model for m in members])
+    elif all(f is not None for f in folded):
         combined._model = _linear_model(names, np.mean([w for w, _ in folded], axis=0),
                                         float(np.mean([b for _, b in folded])))
     else:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from models.online import OnlineLearner, learner_factory
+from models.online import DEFAULT_LEARNER, OnlineLearner, learner_factory
 from models.online_shards import shard_of
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def training_window(registry, spec, *, shards: int = 1, shard: int = 0) -> tuple
     return rows, meta_version
 
 
-def warm_start(registry, spec, *, learner_key: str, learner: str = "linear", combined_key: str | None = None,
+def warm_start(registry, spec, *, learner_key: str, learner: str = DEFAULT_LEARNER,
+               combined_key: str | None = None,
                member: int | None = None, shards: int = 1, shard: int = 0,
                factory: Callable[[], object] | None = None) -> tuple[OnlineLearner, dict]:
     """A learner for ``learner_key`` and the ``online_start`` event fields saying how it started.

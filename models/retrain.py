@@ -128,7 +128,7 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
                                    "params": result.params, "counts": result.counts})
     registry.record_event("gate", actor=ACTOR, version=version, reason=verdict["reason"],
                           details={**metrics, "promote": verdict["promote"], "rule": verdict["rule"],
-                                   "champion": champion_info})
+                                   "champion_model": champion_info})  # "champion" holds its metrics
     promoted = bool(verdict["promote"] and config.promote)
     shadowed = promoted and config.shadow and champion is not None  # a first model has no production to shadow
     if shadowed:
@@ -146,6 +146,14 @@ def retrain(table: pd.DataFrame, feature_names, spec_hash: str, registry: Regist
         registry.record_event("refuse", actor=ACTOR, version=version, reason=why, details=metrics)
     return {"version": version, "promoted": promoted, "shadow": shadowed, "gate": gate.summary(verdict),
             "champion_model": champion_info, **metrics}
+
+
+def retrain_from(source: str, registry: Registry, config: RetrainConfig, spec: str | None = None) -> dict:
+    """:func:`retrain` on the feature table at ``source`` (read as ``--features`` is); what
+    ``streamscore controller``'s trigger calls."""
+    table_spec = feature_table_spec(source, spec)
+    table = read_feature_table(source, table_spec.names, table_spec.spec_hash)
+    return {**retrain(table, table_spec.names, table_spec.spec_hash, registry, config, str(source)), "rows": len(table)}
 
 
 def _date(text: str) -> dt.date:

@@ -36,12 +36,28 @@ KINDS = ("xgboost", "online_served", "xgboost_where_online")
 class ServedFigures:
     """Score bodies joined with labels; add each scored transaction once."""
 
-    rows: list = field(default_factory=list)  # (day, card, label, score, online score or nan)
+    by_day: dict = field(default_factory=dict)  # day -> [(day, card, label, score, online score or nan)]
+
+    @property
+    def rows(self) -> list:
+        return [r for day in sorted(self.by_day) for r in self.by_day[day]]
 
     def add(self, body: dict, *, label: int, card) -> None:
-        online = body.get("online_score")
-        self.rows.append((str(body["event_time"])[:10], card, int(label), float(body["score"]),
-                          float("nan") if online is None else float(online)))
+        """A ``scores`` message body (``event_time``, ``score``, ``online_score``) and its label."""
+        self.add_row(str(body["event_time"])[:10], card, label, body["score"], body.get("online_score"))
+
+    def add_row(self, day: str, card, label: int, score: float, online: float | None) -> None:
+        """One served transaction: its event day (``YYYY-MM-DD``), card, label and the two scores it got."""
+        self.by_day.setdefault(day, []).append(
+            (day, card, int(label), float(score), float("nan") if online is None else float(online)))
+
+    def has_day(self, day: str) -> bool:
+        return day in self.by_day
+
+    def keep_last_days(self, days: int) -> None:
+        """Forget all but the latest ``days`` event days."""
+        for day in sorted(self.by_day)[:-days]:
+            del self.by_day[day]
 
     def _figures(self, rows: list) -> dict:
         out: dict = {"transactions": len(rows), "frauds": int(sum(r[2] for r in rows))}
@@ -62,9 +78,9 @@ class ServedFigures:
     def overall(self) -> dict:
         return self._figures(self.rows)
 
-    def per_day(self) -> dict[str, dict]:
-        days = sorted({r[0] for r in self.rows})
-        return {d: self._figures([r for r in self.rows if r[0] == d]) for d in days}
+    def per_day(self, days=None) -> dict[str, dict]:
+        """Figures of each event day (of ``days`` only, when given)."""
+        return {d: self._figures(self.by_day.get(d, [])) for d in (sorted(self.by_day) if days is None else days)}
 
 
 def _metrics(days, cards, y, scores) -> dict:
@@ -73,3 +89,38 @@ def _metrics(days, cards, y, scores) -> dict:
     return {"average_precision": average_precision(y, scores),
             f"card_precision@{TOP_K}": card_precision_at_k(days, cards, y, scores, k=TOP_K).mean,
             "transactions": int(y.size)}
+
+
+class ServedGauges:
+    """Prometheus gauges for the online model's ``monitoring`` events (on their own
+    ``CollectorRegistry`` unless one is given): ``online_served`` (as served, over the kept days
+    and for the latest event day, next to XGBoost's) and ``online_snapshot`` (prequential)."""
+
+    def __init__(self, registry=None):
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.served = Gauge("streamscore_online_served_quality",
+                            "AP and card precision@100 of the scores as served, joined with their labels",
+                            ["model", "metric", "period"], registry=self.registry)
+        self.prequential = Gauge("streamscore_online_prequential_quality",
+                                 "The online learner's prequential AP (predict just before learning each label)",
+                                 ["learner_key", "metric"], registry=self.registry)
+        self.labels = Gauge("streamscore_online_served_labels_joined", "Served transactions joined with their label",
+                            registry=self.registry)
+
+    def publish(self, event: dict) -> None:
+        """Set the gauges from one event; other kinds are ignored."""
+        if event.get("kind") == "online_served":
+            self.labels.set(event["labels_joined"])
+            periods = [("kept_days", event.get("overall") or {})]
+            if event.get("days"):
+                periods.append(("latest_day", event["days"][max(event["days"])]))
+            for period, figures in periods:
+                for model in KINDS:
+                    for metric, value in (figures.get(model) or {}).items():
+                        if metric != "transactions" and value is not None:
+                            self.served.labels(model=model, metric=metric, period=period).set(float(value))
+        elif event.get("kind") == "online_snapshot" and event.get("average_precision") is not None:
+            self.prequential.labels(learner_key=event.get("learner_key", ""), metric="average_precision").set(
+                float(event["average_precision"]))

@@ -16,6 +16,8 @@ Predicting a micro-batch:
   River ``predict_proba_one`` per row (~10–20 µs each). At load time, and in the tests, it
   must agree with River's own ``predict_proba_one`` to :data:`PARITY_TOLERANCE` on fixed
   rows; when it does not, River is used;
+* the binned logistic regression (:mod:`models.online_binned`, the default learner), and the
+  mean logit of sharded members of it, by :class:`BinnedForm`, under the same parity check;
 * any other River model is predicted by :class:`RiverForm`, one ``predict_proba_one`` per row.
 
 >>> from models.online import OnlineLearner
@@ -136,6 +138,65 @@ class LinearForm:
         return z
 
 
+class BinnedForm:
+    """:class:`models.online_binned.BinnedLogistic` (or the mean logit of sharded members of it) as numpy.
+
+    Per member: the derived inputs (``log1p(amount)``, amount / (customer average + 1)), the
+    standardised linear part ``((V - means) / stds) @ w`` (an input of variance 0 counts 0, as in
+    the learner) and the bin weights looked up with ``searchsorted`` (``bisect_left`` in the
+    learner); the members' logits are averaged, then River's clamped sigmoid.
+    """
+
+    name = "numpy-binned"
+
+    def __init__(self, members: Sequence[Any]):
+        self._members = []
+        for m in members:
+            p = m.parameters()
+            stds = np.asarray(p["stds"], dtype=np.float64)
+            live = stds > 0.0
+            edges = p["edges"]
+            self._members.append({
+                "amount": m._amount, "ratios": list(m._ratios), "means": np.asarray(p["means"], dtype=np.float64),
+                "stds": np.where(live, stds, 1.0), "weights": np.where(live, np.asarray(p["weights"]), 0.0),
+                "intercept": float(p["intercept"]), "trained": p["trained"],
+                "edges": None if edges is None else [np.asarray(e, dtype=np.float64) for e in edges],
+                "bins": [np.asarray(b, dtype=np.float64) for b in p["bins"]]})
+
+    @classmethod
+    def of(cls, learner) -> BinnedForm | None:
+        from models.online_binned import BinnedLogistic, MeanLogit
+
+        model = getattr(learner, "_model", None)
+        members = model.members if type(model) is MeanLogit else [model]
+        if not members or any(type(m) is not BinnedLogistic or m.feature_names is None for m in members):
+            return None
+        return cls(members)
+
+    @staticmethod
+    def _logit(m: dict, X: np.ndarray) -> np.ndarray:
+        if not m["trained"]:
+            return np.full(len(X), -np.inf)
+        if m["amount"] is not None:
+            amount = X[:, m["amount"]]
+            extra = [np.log1p(np.where(amount > 0.0, amount, 0.0))] + [amount / (X[:, i] + 1.0) for i in m["ratios"]]
+            X = np.column_stack([X, *extra])
+        z = ((X - m["means"]) / m["stds"]) @ m["weights"] + m["intercept"]
+        if m["edges"] is not None:
+            for j, (edges, weights) in enumerate(zip(m["edges"], m["bins"])):
+                z += weights[np.searchsorted(edges, X[:, j], side="left")]
+        return z
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        z = sum(self._logit(m, X) for m in self._members) / len(self._members)
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-np.clip(z, -_SIGMOID_CLAMP, _SIGMOID_CLAMP)))
+        p[z < -_SIGMOID_CLAMP] = 0.0
+        p[z > _SIGMOID_CLAMP] = 1.0
+        return p
+
+
 @dataclass(frozen=True, eq=False)
 class OnlineModel:
     """One loaded, immutable online model snapshot."""
@@ -151,7 +212,7 @@ class OnlineModel:
     def from_learner(cls, learner, version: str, *, fast: bool = True, spec_hash: str | None = None,
                      metadata: Mapping[str, Any] | None = None) -> OnlineModel:
         names = tuple(learner.feature_names)
-        form = (LinearForm.of(learner, names) if fast else None) or RiverForm(learner)
+        form = ((LinearForm.of(learner, names) or BinnedForm.of(learner)) if fast else None) or RiverForm(learner)
         return cls(version, learner, form, names, spec_hash, dict(metadata or {}))
 
     def predict(self, X: np.ndarray) -> np.ndarray:

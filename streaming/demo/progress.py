@@ -125,8 +125,9 @@ def served_summary(progress: Progress) -> dict:
                              for e in progress.online_starts]}
 
 
-def watch_outputs(emulator: PubSubEmulator, progress: Progress, stop: threading.Event) -> None:
-    """Pull the output subscriptions until ``stop``; record counts, latencies and scores."""
+def watch_outputs(emulator: PubSubEmulator, progress: Progress, stop: threading.Event, on_body=None) -> None:
+    """Pull the output subscriptions until ``stop``; record counts, latencies and scores (each
+    score's body also to ``on_body``, when given)."""
     subscriber = emulator.subscriber_client()
     path = emulator.subscription_path
     try:
@@ -134,7 +135,10 @@ def watch_outputs(emulator: PubSubEmulator, progress: Progress, stop: threading.
             got = 0
             for received in pull_all(subscriber, path("scores-monitor"), 1000, timeout=0.3):
                 got += 1
-                on_score(progress, orjson.loads(received.data), time.monotonic())
+                body = orjson.loads(received.data)
+                on_score(progress, body, time.monotonic())
+                if on_body is not None:
+                    on_body(body)
             for _ in pull_all(subscriber, path("dead-letter-monitor"), 1000, timeout=0.05):
                 got += 1
                 with progress.lock:

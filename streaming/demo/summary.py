@@ -7,12 +7,14 @@ from streaming.demo.progress import Progress
 from streaming.store.check import raw_transaction_check
 
 
-def raw_check(target: str, df, progress: Progress) -> dict:
-    """The summary's raw-transaction check over the sampled stream scores (see streaming/store/check.py)."""
+def raw_check(target: str, df, progress: Progress, version: str | None = None) -> dict:
+    """The summary's raw-transaction check over the sampled stream scores (see streaming/store/check.py);
+    with ``version``, only the scores that version gave (the model the predictor serves now)."""
     from streaming.io.datasets import iter_transactions
 
     with progress.lock:
-        sampled = dict(progress.sampled)
+        sampled = {tid: body for tid, body in progress.sampled.items()
+                   if version is None or body.get("model_version") == version}
     # The store keeps each key's latest state, so the check takes each card's last transaction whose
     # terminal saw nothing later either: its raw score must equal the stream's (up to 200 of them).
     ordered = df.sort_values("TX_DATETIME", kind="stable")

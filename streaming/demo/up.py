@@ -38,6 +38,7 @@ from pathlib import Path
 import orjson
 
 from streaming.demo import PROG
+from streaming.demo import loop as demo_loop
 from streaming.demo.bootstrap import ensure_production_model, ensure_signing_keys
 from streaming.demo.processes import free_port, spawn, stop_process, wait_serving
 from streaming.demo.progress import Progress, served_summary, status_line, watch_outputs
@@ -45,7 +46,7 @@ from streaming.demo.summary import build_summary, raw_check, render_summary
 from streaming.io.events import SCHEMA_TRANSACTION
 from streaming.io.publish import TRANSACTION, LabelDelay, TopicPaths, make_publisher, publish_dataset
 from streaming.io.pubsub_local import PubSubEmulator
-from streaming.sim.simulator import simulate
+from streaming.sim.simulator import DRIFT_KINDS, simulate
 from streaming.store.redis_server import RedisServer
 
 TOPICS = ("transactions", "labels", "scores", "alerts", "dead-letter", "monitoring")
@@ -61,19 +62,35 @@ MALFORMED = (
 )
 
 
+#: The traffic's defaults; with --drift-day, streaming.demo.loop.DEFAULTS (more cards, so the gate's window has some).
+DEFAULTS = {"customers": 100, "terminals": 200, "days": 21, "rate": 100.0}
+
+
+def _utc_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run the local demo stack end to end.")
-    parser.add_argument("--customers", type=int, default=100)
-    parser.add_argument("--terminals", type=int, default=200)
-    parser.add_argument("--days", type=int, default=21, help="days of live traffic to replay (default 21)")
+    parser.add_argument("--customers", type=int, help="simulated cards (default 100; 150 with --drift-day)")
+    parser.add_argument("--terminals", type=int, help="simulated terminals (default 200; 300 with --drift-day)")
+    parser.add_argument("--days", type=int, help="days of live traffic to replay (default 21; 28 with --drift-day)")
     parser.add_argument("--history-days", type=int, default=60, help="days of simulated history to train on")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=100.0, help="messages per second to publish (default 100)")
-    parser.add_argument("--registry", type=Path, default=Path("registry"), help="model registry (default ./registry)")
+    parser.add_argument("--rate", type=float, help="messages per second to publish (default 100; 150 with --drift-day)")
+    parser.add_argument("--registry", type=Path,
+                        help="model registry (default ./registry; with --drift-day a new one in the workdir)")
+    parser.add_argument("--drift-day", type=int,
+                        help="the traffic drifts from this day (0-based) and the continuous-training loop runs: "
+                             "drift alarm -> retrain -> gate -> shadow -> promote or refuse -> watch")
+    parser.add_argument("--drift-kind", choices=DRIFT_KINDS, default="new-pattern",
+                        help="the drift scenario (default new-pattern)")
     parser.add_argument("--snapshot-every-labels", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting after this many seconds")
     parser.add_argument("--summary", type=Path, help="also write the summary as JSON here")
@@ -117,21 +134,32 @@ def wait_until_consuming(publisher, topic: str, progress: Progress, alive, timeo
 
 
 def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script with cleanup
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (demo_loop.DEFAULTS if args.drift_day is not None else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.drift_day is not None and not 0 <= args.drift_day < args.days:
+        parser.error(f"--drift-day must be a day of the replay, 0 <= N < --days ({args.days}), got {args.drift_day}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamscore-up-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    drifting = args.drift_day is not None
+    if args.registry is None:
+        args.registry = workdir / "registry" if drifting else Path("registry")
     progress, stop = Progress(), threading.Event()
-    predictor = job = monitor = None
+    predictor = job = monitor = controller = recorder = feed = None
     emulator = PubSubEmulator(data_dir=workdir / "emulator")
     store, raw_result = RedisServer(), None
     logs = {"emulator": str(workdir / "emulator" / "emulator.log"), "predictor": str(workdir / "predictor.log"),
             "streaming job": str(workdir / "stream-job.log")}
+    if drifting:
+        logs["controller"] = str(workdir / "controller.log")
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     status, version, ready_s = "completed", None, None
 
     def dead_process() -> str | None:
-        for name, proc in (("streaming job", job), ("predictor", predictor)):
+        for name, proc in (("streaming job", job), ("predictor", predictor), ("controller", controller)):
             if proc is not None and proc.poll() is not None:
                 return f"the {name} exited with code {proc.returncode}; see {logs[name]}"
         return None
@@ -140,22 +168,34 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         print(f"{PROG}: logs of every component go to {workdir}", flush=True)
         print(f"{PROG}: starting the Pub/Sub emulator ...", flush=True)
         emulator.start()
-        emulator.ensure(TOPICS, SUBSCRIPTIONS)
+        emulator.ensure(TOPICS, {**SUBSCRIPTIONS, **({demo_loop.SUBSCRIPTION: "monitoring"} if drifting else {})})
         serve_trust, job_trust = ensure_signing_keys(args)
         version = ensure_production_model(args.registry, args)
         store.start()
         port = free_port()
         print(f"{PROG}: starting the predictor; waiting until its health check says SERVING ...", flush=True)
         predictor = spawn(["serve", "--registry", str(args.registry), "--host", "127.0.0.1", "--port", str(port),
-                            "--metrics-port", "0", "--poll-interval", "1", "--online-store", store.url, *serve_trust],
+                            "--metrics-port", "0", "--poll-interval", "1", "--online-store", store.url, *serve_trust,
+                            *(["--shadow-log", str(workdir / "shadow")] if drifting else [])],
                            Path(logs["predictor"]))
         wait_serving(port, predictor)
         print(f"{PROG}: predictor serving {version} on 127.0.0.1:{port}", flush=True)
         job = spawn(["stream", "--project", emulator.project, "--emulator-host", emulator.host_port,
                       "--predictor", f"127.0.0.1:{port}", "--registry", str(args.registry),
                       "--snapshot-every-labels", str(args.snapshot_every_labels), "--online-store", store.url,
-                      *job_trust], Path(logs["streaming job"]))
-        monitor = threading.Thread(target=watch_outputs, args=(emulator, progress, stop), daemon=True)
+                      *job_trust, *(demo_loop.job_args(workdir) if drifting else [])], Path(logs["streaming job"]))
+        df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed,
+                      **({"drift_day": args.drift_day, "drift_kind": args.drift_kind} if drifting else {}))
+        if drifting:
+            from models.registry import Registry
+
+            recorder = demo_loop.LoopRecorder(workdir, df, args.drift_day)
+            feed = demo_loop.AuditFeed(Registry.open(args.registry, keys=getattr(args, "keys", None)),
+                                       _utc_now())
+            controller = spawn(demo_loop.controller_args(args.registry, workdir, emulator, job_trust, args.seed),
+                               Path(logs["controller"]))
+        monitor = threading.Thread(target=watch_outputs, args=(emulator, progress, stop,
+                                                               recorder.on_score if recorder else None), daemon=True)
         monitor.start()
         publisher = make_publisher(emulator.host_port, ordering=True)
         topics = TopicPaths(emulator.topic_path("transactions"), emulator.topic_path("labels"))
@@ -165,11 +205,13 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
                                        timeout=max(args.timeout - (time.monotonic() - started), 1.0))
         print(f"\r{PROG}: the job is consuming (warm-up scored after {ready_s:.1f} s); measured traffic"
               f" starts now", flush=True)
-        df = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
         progress.truth = dict(zip(df["TRANSACTION_ID"].astype(str), df["TX_FRAUD"].astype(int)))
         progress.cards = dict(zip(df["TRANSACTION_ID"].astype(str), df["CUSTOMER_ID"].astype(int)))
         print(f"{PROG}: publishing {len(df):,} transactions ({int(df['TX_FRAUD'].sum())} frauds) of {args.days}"
               f" days + labels at {args.rate:g} msg/s, and {len(MALFORMED)} malformed messages", flush=True)
+        if drifting:
+            print(f"{PROG}: drift ({args.drift_kind}) from day {args.drift_day} ({recorder.drift_date}); the"
+                  f" controller (pid {controller.pid}) retrains on a drift alarm", flush=True)
         for raw in MALFORMED:
             publisher.publish(topics.transactions, raw, schema=SCHEMA_TRANSACTION).result()
             progress.malformed += 1
@@ -181,9 +223,12 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
                     progress.sent_at[event.transaction_id] = time.monotonic()
                 else:
                     progress.published_labels += 1
+            if recorder is not None:
+                (recorder.on_transaction if kind == TRANSACTION else recorder.on_label)(event)
 
         publisher_thread = threading.Thread(target=lambda: publish_dataset(
-            df, publisher, topics, rate=args.rate, label_delay=LabelDelay(), order_by_customer=True,
+            df, publisher, topics, rate=args.rate, label_delay=demo_loop.LABEL_DELAY if drifting else LabelDelay(),
+            order_by_customer=True,
             on_publish=on_publish), daemon=True)
         publisher_thread.start()
         print(f"{PROG}: progress: in = transactions published, out = scored, dead = dead-lettered,"
@@ -195,6 +240,8 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
             if problem:
                 status = problem
                 break
+            for line in feed.poll(recorder.day) if feed is not None else ():
+                print(("\r" if tty else "") + line.ljust(width if tty else 0), flush=True)
             if tty:  # one live line on a terminal; a line every 5 s in a log
                 print("\r" + status_line(progress, time.monotonic() - started, width), end="", flush=True)
             elif time.monotonic() - last_line >= 5:
@@ -206,7 +253,8 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         else:
             status = f"timed out after {args.timeout:g} s"
         print("\r" + status_line(progress, time.monotonic() - started, width), flush=True)
-        raw_result = raw_check(f"127.0.0.1:{port}", df, progress)
+        serving = feed.registry.alias()["version"] if feed is not None else None  # a promotion changes the scores
+        raw_result = raw_check(f"127.0.0.1:{port}", df, progress, serving)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\n{PROG}: interrupted, shutting down ...", flush=True)
@@ -217,6 +265,10 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
         stop.set()
         if monitor is not None:
             monitor.join(5)
+        stop_process(controller)
+        if feed is not None:
+            for line in feed.poll(recorder.day):
+                print(line, flush=True)
         stop_process(job)
         stop_process(predictor)
         store.stop()
@@ -226,7 +278,14 @@ def run(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
     summary = build_summary(status, time.monotonic() - started, version, progress, ready_s, logs)
     summary["online_as_served"] = served_summary(progress)
     summary["raw_transaction_check"] = raw_result
-    print(render_summary(summary))
+    if recorder is not None:
+        recorder.close()
+        summary["loop"] = {"drift": {"day": args.drift_day, "date": str(recorder.drift_date), "kind": args.drift_kind},
+                           "drift_alarms": progress.drifts, "story": feed.story,
+                           "promoted": feed.promoted(), "average_precision": recorder.phases(version, feed.promoted())}
+    print(render_summary({k: v for k, v in summary.items() if k != "loop"}))
+    if recorder is not None:
+        print("\n".join(demo_loop.render_loop(summary["loop"])))
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")

@@ -225,7 +225,8 @@ class TerminalState(_KeyState):
 
     >>> s = TerminalState()
     >>> _ = s.add_transaction("a", 0)
-    >>> s.add_label("a", 0, 1)
+    >>> s.add_label("a", 0, 1)  # its transaction is there: nothing waits
+    False
     >>> s.add_transaction("b", 7 * DAY_NS)["TERMINAL_ID_RISK_1DAY_WINDOW"]
     1.0
     """
@@ -236,6 +237,7 @@ class TerminalState(_KeyState):
         self._pending: dict = {}  # transaction_id -> event time of a fraud label without its transaction
         self._waiting: dict = {}  # transaction_id -> (event time, payload) of any label given a payload, not yet matched
         self._aged_out: list = []  # payloads of labels whose transaction never came (see take_aged_out)
+        self._deadlines: dict = {}  # transaction_id -> deadline of a waiting label given one (see expire_waiting)
 
     def _horizon_ns(self) -> int:
         return self.spec.terminal_horizon_ns
@@ -256,43 +258,76 @@ class TerminalState(_KeyState):
         fraud = 1 if self._pending.pop(transaction_id, None) is not None else 0
         if self._waiting:
             self._waiting.pop(transaction_id, None)
+            self._deadlines.pop(transaction_id, None)
         i = self._insert(transaction_id, t)
         self._frauds.insert(i, fraud)
         self._advance(t)
         return self._features_at(t)
 
-    def add_label(self, transaction_id, time_ns: int, fraud: int, payload=None) -> None:
+    def add_label(self, transaction_id, time_ns: int, fraud: int, payload=None, deadline: int | None = None) -> bool:
         """Record a label for a transaction of this terminal (``time_ns`` is the transaction's event time).
 
         With a ``payload`` (e.g. the label event), a label whose transaction has not come is
         remembered; if it is still unmatched when it falls behind the retention horizon, the
-        payload is handed out once by :meth:`take_aged_out` (the job dead-letters it).
-        Validates before it changes anything.
+        payload is handed out once by :meth:`take_aged_out` (the job dead-letters it). With a
+        ``deadline`` too (any integer clock, e.g. the job's watermark in µs), :meth:`expire_waiting`
+        hands it out once that deadline has passed, even if the terminal sees no other event.
+        Returns whether the label now waits for its transaction. Validates before it changes anything.
         """
         if fraud not in (0, 1):
             raise ValueError(f"fraud must be 0 or 1, got {fraud!r}")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, numbers.Integral)):
+            raise ValueError(f"deadline must be an integer, got {deadline!r}")
         if not fraud and payload is None:
-            return  # genuine is the default; nothing to record
+            return False  # genuine is the default; nothing to record
         t = _time_ns(time_ns)
         if self._seen(transaction_id):
             if not fraud:
-                return
+                return False
             lo, hi = bisect_left(self._times, t), bisect_right(self._times, t)
             try:
                 i = self._ids.index(transaction_id, lo, hi)
             except ValueError:  # label time differs from the transaction's: search everywhere
                 i = self._ids.index(transaction_id)
             self._frauds[i] = 1
-        elif self._max_time is None or t > self._cutoff_ns():
+            return False
+        if self._max_time is None or t > self._cutoff_ns():
             if fraud:
                 self._pending[transaction_id] = t
             if payload is not None:
                 self._waiting[transaction_id] = (t, payload)
+                if deadline is not None:
+                    self._deadlines[transaction_id] = int(deadline)
+                return True
         # else: the transaction is older than anything kept, so its label can change no feature
+        return False
 
     def take_aged_out(self) -> list:
         """Payloads of labels whose transaction never came before they aged out (each handed out once)."""
         out, self._aged_out = self._aged_out, []
+        return out
+
+    @property
+    def waiting_deadlines(self) -> int:
+        """Number of waiting labels with a deadline (see :meth:`expire_waiting`)."""
+        return len(self._deadlines)
+
+    @property
+    def next_deadline(self) -> int | None:
+        """The earliest deadline of a label still waiting for its transaction (None: none given)."""
+        return min(self._deadlines.values()) if self._deadlines else None
+
+    def expire_waiting(self, now: int) -> list:
+        """Payloads of waiting labels whose deadline is ``<= now``, forgotten (each handed out once):
+        a fraud label no longer counts for a transaction that comes after all."""
+        due = [tid for tid, deadline in self._deadlines.items() if deadline <= now]
+        out = []
+        for tid in due:
+            del self._deadlines[tid]
+            self._pending.pop(tid, None)
+            waiting = self._waiting.pop(tid, None)
+            if waiting is not None:
+                out.append(waiting[1])
         return out
 
     def _cutoff_ns(self) -> int:
@@ -338,11 +373,16 @@ class TerminalState(_KeyState):
             old = [tid for tid, (pt, _) in self._waiting.items() if pt <= cutoff]
             for tid in old:
                 self._aged_out.append(self._waiting.pop(tid)[1])
+                self._deadlines.pop(tid, None)
         return k
 
     def _extra_state(self) -> tuple:
-        return (self._frauds, self._pending, self._waiting, self._aged_out)
+        if self._deadlines:
+            return (self._frauds, self._pending, self._waiting, self._aged_out, self._deadlines)
+        return (self._frauds, self._pending, self._waiting, self._aged_out)  # the shape states had before deadlines
 
     def _set_extra_state(self, extra: tuple) -> None:
+        # Older shapes load: (frauds, pending), then + (waiting, aged out), now + (deadlines) when any.
         self._frauds, self._pending = extra[:2]
-        self._waiting, self._aged_out = extra[2:] if len(extra) > 2 else ({}, [])
+        self._waiting, self._aged_out = extra[2:4] if len(extra) > 2 else ({}, [])
+        self._deadlines = extra[4] if len(extra) > 4 else {}

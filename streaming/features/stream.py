@@ -10,22 +10,34 @@ Two keyed stateful stages run the pure per-key state of :mod:`streaming.features
    :class:`~streaming.features.state.TerminalState`, and emits the complete feature vector.
 
 Each transaction is emitted immediately (no waiting for a window to close), with features
-computed from its own event time. There are no event-time windows or timers, so replays of
-old data featurise correctly whatever the runner's watermark does (on the local runner the
-Pub/Sub watermark is the wall clock). State per key is pruned as the windows slide.
+computed from its own event time. There are no event-time windows, so replays of old data
+featurise correctly whatever the runner's watermark does (on the local runner the Pub/Sub
+watermark is the wall clock). State per key is pruned as the windows slide.
+
+One event-time timer, on the terminal stage, bounds how long a label that came before its
+transaction waits: its deadline is the label's element timestamp plus the terminal's retention
+horizon (allowed lateness + delay + longest window, 44 days by default). When the watermark
+passes it and the transaction still has not come, the label is dead-lettered (stage ``label``)
+even if the terminal never sees another event. A label also ages out, as before, when the
+terminal's own transactions move its horizon past the label's event time — whichever comes
+first. The timer changes no feature of a transaction that comes in time.
 A duplicate delivery of a transaction id, or a transaction later than the allowed
 lateness, goes to the dead-letter output with the reason: nothing is dropped silently.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
 
 from streaming.io.events import DeadLetter, Label, Transaction
 from streaming.io.encoding import dead_letter_of_event
@@ -39,8 +51,12 @@ from streaming.store.online import OnlineStoreWrites
 
 DEAD_LETTER = "dead_letter"
 EXAMPLES = "examples"
+#: The latest timer a global-window key may set (Beam refuses timers past the window's end).
+MAX_TIMER_MICROS = GlobalWindow().max_timestamp().micros
 STAGE = "features"
 LABEL_STAGE = "label"
+
+log = logging.getLogger(__name__)
 
 
 class FeaturedTransaction(NamedTuple):
@@ -59,10 +75,18 @@ def _dead(event: Transaction | Label, reason: str) -> DeadLetter:
     return dead_letter_of_event(event, reason, STAGE)
 
 
+def _horizon_days(state: TerminalState) -> float:
+    return (state.allowed_lateness_ns + state.spec.terminal_horizon_ns) / DAY_NS
+
+
 def _never_came(state: TerminalState, label: Label) -> str:
-    horizon_days = (state.allowed_lateness_ns + state.spec.terminal_horizon_ns) / DAY_NS
     return (f"label for transaction_id {label.transaction_id}: its transaction never came to terminal "
-            f"{label.terminal_id} within {horizon_days:g} days (event time) of its event_time")
+            f"{label.terminal_id} within {_horizon_days(state):g} days (event time) of its event_time")
+
+
+def _never_came_by_deadline(state: TerminalState, label: Label) -> str:
+    return (f"label for transaction_id {label.transaction_id}: its transaction never came to terminal "
+            f"{label.terminal_id} within {_horizon_days(state):g} days (watermark) of the label's arrival")
 
 
 @beam.typehints.with_input_types(beam.typehints.KV[str, Any])
@@ -127,6 +151,8 @@ class TerminalStateFn(beam.DoFn):
 
     STATE = ReadModifyWriteStateSpec("terminal", PickleCoder())
     SCORED = ReadModifyWriteStateSpec("scored", PickleCoder())
+    #: Event time: fires when the watermark passes the earliest deadline of a waiting label (module docs).
+    LABEL_AGE = TimerSpec("label_age", TimeDomain.WATERMARK)
 
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC, allowed_lateness_days: float = 1.0,
                  keep_examples_days: float | None = None, emit: Callable[[FeaturedTransaction], Any] | None = None,
@@ -140,6 +166,7 @@ class TerminalStateFn(beam.DoFn):
         self._late = Metrics.counter(self.__class__, "late")
         self._examples = Metrics.counter(self.__class__, "examples")
         self._aged_out = Metrics.counter(self.__class__, "labels_aged_out")
+        self._timer_failures = Metrics.counter(self.__class__, "timer_failures")
 
     def start_bundle(self):
         self.online.start_bundle()
@@ -152,17 +179,70 @@ class TerminalStateFn(beam.DoFn):
         return FeatureStore(int(self.keep_examples_days * DAY_NS)) if store is None else store
 
     @guarded(STAGE)
-    def process(self, element, state=beam.DoFn.StateParam(STATE), scored=beam.DoFn.StateParam(SCORED)):
-        return self._process(element, state, scored)
+    def process(self, element, state=beam.DoFn.StateParam(STATE), scored=beam.DoFn.StateParam(SCORED),
+                timestamp=beam.DoFn.TimestampParam, label_age=beam.DoFn.TimerParam(LABEL_AGE)):
+        return self._process(element, state, scored, timestamp, label_age)
 
-    def _process(self, element, state, scored):
+    @on_timer(LABEL_AGE)
+    def on_label_age(self, fired=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
+                     scored=beam.DoFn.StateParam(SCORED), label_age=beam.DoFn.TimerParam(LABEL_AGE)):
+        return self._on_label_age(fired, state, scored, label_age)
+
+    def _horizon_micros(self) -> int:
+        return (int(self.allowed_lateness_days * DAY_NS) + self.spec.terminal_horizon_ns) // 1000
+
+    def _on_label_age(self, fired, state, scored, label_age):
+        """Dead-letter the waiting labels whose deadline the watermark passed; set the timer for the next one.
+
+        Guarded like ``process`` (a timer has no element: a failure is counted and logged, and the
+        labels wait for the next event or firing), so a timer can never fail the pipeline."""
+        try:
+            current = state.read()
+            if current is None:
+                return []
+            expired = current.expire_waiting(fired.micros)
+            if not expired:
+                self._rearm(current, label_age)
+                return []
+            store = self._store(scored) if scored is not None else None
+            out = []
+            for label in expired:
+                if store is not None:
+                    store.forget_label(label.transaction_id)
+                self._aged_out.inc()
+                out.append(beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_of_event(
+                    label, _never_came_by_deadline(current, label), LABEL_STAGE)))
+            state.write(current)
+            if store is not None:
+                scored.write(store)
+            self._rearm(current, label_age)
+            return out
+        except Exception:
+            self._timer_failures.inc()
+            log.exception("terminal stage: the label age timer failed; its labels wait for the next event")
+            return []
+
+    @staticmethod
+    def _rearm(current: TerminalState, label_age) -> None:
+        deadline = current.next_deadline
+        if deadline is not None:
+            label_age.set(Timestamp(micros=deadline))
+
+    def _process(self, element, state, scored, timestamp=None, label_age=None):
         terminal_id, value = element
         current = state.read()
         if current is None:  # not `or`: a state holding only pending labels has len() == 0
             current = TerminalState(self.spec, int(self.allowed_lateness_days * DAY_NS))
         if isinstance(value, Label):
             self._labels.inc()
-            current.add_label(value.transaction_id, time_ns(value.event_time), value.label, payload=value)
+            deadline = None
+            if label_age is not None and timestamp is not None:
+                deadline = min(timestamp.micros + self._horizon_micros(), MAX_TIMER_MICROS)
+            before = current.next_deadline
+            waits = current.add_label(value.transaction_id, time_ns(value.event_time), value.label, payload=value,
+                                      deadline=deadline)
+            if waits and deadline is not None and (before is None or deadline < before):
+                label_age.set(Timestamp(micros=deadline))
             state.write(current)
             if value.label:  # a genuine label changes nothing
                 self.online.updated(terminal_id, current)
@@ -176,6 +256,7 @@ class TerminalStateFn(beam.DoFn):
             return
         tx, customer = value
         tx_values = {**transaction_features(tx), **customer}  # what can fail on the element, before the state changes
+        deadlines = current.waiting_deadlines
         try:
             terminal = current.add_transaction(tx.transaction_id, time_ns(tx.event_time))
         except LateEventError as exc:
@@ -187,6 +268,8 @@ class TerminalStateFn(beam.DoFn):
                 tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
             return
         aged_out = current.take_aged_out()
+        if deadlines and not current.waiting_deadlines and label_age is not None:
+            label_age.clear()  # no label waits any more: no firing (on the local runner no scan of this key)
         state.write(current)
         for label in aged_out:
             self._aged_out.inc()
@@ -216,9 +299,17 @@ class TerminalFeaturesFn(TerminalStateFn):
                  emit: Callable[[FeaturedTransaction], Any] | None = None, online_store: str | None = None):
         super().__init__(spec, allowed_lateness_days, None, emit, online_store)
 
+    LABEL_AGE = TimerSpec("label_age", TimeDomain.WATERMARK)  # the same timer; a spec has one callback
+
     @guarded(STAGE)
-    def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE)):
-        return self._process(element, state, None)
+    def process(self, element, state=beam.DoFn.StateParam(TerminalStateFn.STATE), timestamp=beam.DoFn.TimestampParam,
+                label_age=beam.DoFn.TimerParam(LABEL_AGE)):
+        return self._process(element, state, None, timestamp, label_age)
+
+    @on_timer(LABEL_AGE)
+    def on_label_age(self, fired=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(TerminalStateFn.STATE),
+                     label_age=beam.DoFn.TimerParam(LABEL_AGE)):
+        return self._on_label_age(fired, state, None, label_age)
 
 
 class StreamFeatures(beam.PTransform):

@@ -69,6 +69,8 @@ class LogRecord(NamedTuple):
     features: tuple[float, ...]
     score: float
     model_version: str
+    online_score: float | None = None  # what the online model served (streaming.job.served)
+    online_model_version: str | None = None
 
 
 class LogRow(NamedTuple):
@@ -101,7 +103,7 @@ class JoinStore:
     >>> store.add(r) is None
     True
     >>> store.label("t1", 1, 0)
-    LogRow(record=LogRecord(transaction_id='t1', time_ns=0, customer_id='c', terminal_id='term', features=(1.0,), score=0.2, model_version='v1'), label=1, status='confirmed')
+    LogRow(record=LogRecord(transaction_id='t1', time_ns=0, customer_id='c', terminal_id='term', features=(1.0,), score=0.2, model_version='v1', online_score=None, online_model_version=None), label=1, status='confirmed')
     >>> store.add(LogRecord("t2", 1, "c", "term", (2.0,), 0.1, "v1")) is None
     True
     >>> [row.status for row in store.add(LogRecord("t3", 20, "c", "term", (3.0,), 0.1, "v1")) or store.take_expired()]

@@ -81,6 +81,10 @@ class FeatureStore:
             return None
         return Example(transaction_id, entry[0], entry[1], int(label))
 
+    def forget_label(self, transaction_id: str) -> bool:
+        """Drop a pending label (its transaction never came and it was dead-lettered); whether one was held."""
+        return self._pending.pop(transaction_id, None) is not None
+
     def _advance(self, time_ns: int) -> None:
         if self._latest is None or time_ns > self._latest:
             self._latest = time_ns

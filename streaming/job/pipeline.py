@@ -3,11 +3,14 @@
     transactions ─┐                                  ┌─ ScoreFn ─ scores topic (+ alerts topic)
                   ├─ ParsePubsubFn ─ StreamFeatures ─┤
     labels ───────┘        │              │          └─ examples ─ LearnerFn ─ monitoring topic
+                           │              │     ScoreFn + labels ─ ServedOnline ─ monitoring topic
                            └──────────────┴─── (and ScoreFn) ─ dead-letter topic
 
 With ``--predictor HOST:PORT`` each featurised transaction is scored over gRPC and published
 to ``scores`` (and ``alerts`` above ``--alert-threshold``); with ``--registry`` too, labels
-train the online River model (snapshots to the registry, drift events to ``monitoring``).
+train the online River model (snapshots to the registry, drift events to ``monitoring``), and
+the scores each transaction was served are joined with its label (``online_served`` events:
+AP and CP@100 as served, per day, :mod:`streaming.job.served`).
 Without ``--predictor`` the job publishes the features themselves to ``--features-topic``.
 
 Every message read is either scored (or featurised) or written to the dead-letter topic with
@@ -17,8 +20,9 @@ streaming mode (never the default DirectRunner, which tries to download Prism fi
 
 Element timestamps are the Pub/Sub publish times unless ``--timestamp-attribute`` is given:
 features use the validated ``event_time`` of each event (which must equal the
-``event_time`` attribute when present), and the job has no windows or timers, so results do
-not depend on the watermark. Reading the timestamp from an attribute makes Beam's reader
+``event_time`` attribute when present), and the job has no windows, so features do not
+depend on the watermark (its one event-time timer only dead-letters a label whose transaction
+has not come 44 days of element time after it, see :mod:`streaming.features.stream`). Reading the timestamp from an attribute makes Beam's reader
 fail on a malformed attribute, which would stop the job instead of dead-lettering one
 message; enable it only for producers you control.
 """
@@ -42,7 +46,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from models.signing import KEY_FILE_ENV, add_trust_arguments, keys_from_args
 from streaming.io.events import DEFAULT_MAX_BYTES, SCHEMA_ATTRIBUTE, SCHEMA_LABEL, SCHEMA_TRANSACTION, EVENT_TIME_ATTRIBUTE, DeadLetter, EventError, check_topic, format_time, parse
 from streaming.io.encoding import dead_letter, encode_dead_letter
-from models.online import LEARNERS
+from models.online import DEFAULT_LEARNER, LEARNERS
 from streaming.features.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.job.guard import guarded
 from streaming.features.stream import DEAD_LETTER, FeaturedTransaction, StreamFeatures, key_by_customer
@@ -50,6 +54,7 @@ from streaming.job.learning import MEMBERS, CombineMembersFn, LearnerFn, key_exa
 from models.monitoring import Thresholds
 from streaming.job.example_log import ExampleLogFn, key_label
 from streaming.job.monitor import LiveMonitorFn
+from streaming.job.served import ServedOnline
 from streaming.job.scoring import ALERTS, LOGGED, ScoreFn, read_tls_roots, read_token
 from streaming.store.redis_store import check_url
 
@@ -85,7 +90,7 @@ class JobConfig:
     snapshot_every_labels: int = 500
     snapshot_every_seconds: float = 60.0
     label_producers: tuple[str, ...] = ()  # when set, labels must carry a `producer` attribute naming one
-    online_learner: str = "linear"
+    online_learner: str = DEFAULT_LEARNER
     learner_shards: int = 1
     online_min_class_labels: int = 10
     online_warm_start: bool = True
@@ -230,7 +235,7 @@ class StreamingJob(beam.PTransform):
             online_store=config.online_store)
         dead = [read["dead_letter"], featured["dead_letter"]]
         if config.predictor:
-            logged = bool(config.example_log or config.live_monitoring)
+            logged = bool(config.example_log or config.live_monitoring or (learn and read.get("labels") is not None))
             scored = featured["features"] | ScoreFn.__name__ >> beam.ParDo(ScoreFn(
                 config.predictor, self.spec, alert_threshold=config.alert_threshold,
                 deadline=config.predictor_deadline, token_file=config.predictor_token_file,
@@ -239,7 +244,7 @@ class StreamingJob(beam.PTransform):
             scored.scores | "WriteScores" >> WriteToPubSub(config.topic(config.scores_topic), with_attributes=True)
             scored[ALERTS] | "WriteAlerts" >> WriteToPubSub(config.topic(config.alerts_topic), with_attributes=True)
             dead.append(scored[DEAD_LETTER])
-            if logged:
+            if config.example_log or config.live_monitoring:
                 self._log_and_monitor(scored[LOGGED], read.get("labels"))
         else:
             featured["features"] | "WriteFeatures" >> WriteToPubSub(
@@ -258,11 +263,15 @@ class StreamingJob(beam.PTransform):
                 | LearnerFn.__name__ >> beam.ParDo(learner).with_outputs(MEMBERS, DEAD_LETTER, main="monitoring")
             )
             monitoring = [learned.monitoring]
+            if read.get("labels") is not None:  # the online model's AP and CP@100 as served (streaming.job.served)
+                monitoring.append((scored[LOGGED], read["labels"]) | ServedOnline.__name__ >> ServedOnline(
+                    config.max_label_delay_days, every_rows=config.snapshot_every_labels,
+                    every_seconds=config.snapshot_every_seconds))
             if config.learner_shards > 1:
                 monitoring.append(learned[MEMBERS] | CombineMembersFn.__name__ >> beam.ParDo(CombineMembersFn(
                     config.registry, self.spec, config.learner_shards, config.online_learner,
                     signing_key_file=config.signing_key_file)))
-            # One input (no shards): no Flatten, which would only cost the local runner a stage.
+            # One input: no Flatten, which would only cost the local runner a stage.
             merged = monitoring[0] if len(monitoring) == 1 else monitoring | "MergeMonitoring" >> beam.Flatten()
             merged | "WriteMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True)
             dead.append(learned[DEAD_LETTER])
@@ -320,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--snapshot-every-labels", type=int, default=500)
     scoring.add_argument("--snapshot-every-seconds", type=float, default=60.0)
     add_trust_arguments(scoring, signs=True)
-    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default="linear",
-                         help="the online River learner (default linear; see docs/online-learning.md)")
+    scoring.add_argument("--online-learner", choices=sorted(LEARNERS), default=DEFAULT_LEARNER,
+                         help="the online learner (default binned: chosen on validation weeks; see docs/online-learning.md)")
     scoring.add_argument("--learner-shards", type=int, default=1,
                          help="learner keys examples are hashed to; their members are combined into one "
                               "served snapshot (default 1)")

@@ -334,5 +334,6 @@ class ScoreFn(beam.DoFn):
         if self.log_records:
             tx = featured.transaction
             record = LogRecord(tx.transaction_id, time_ns(tx.event_time), tx.customer_id, tx.terminal_id,
-                               tuple(featured.features), scored.score, scored.model_version)
+                               tuple(featured.features), scored.score, scored.model_version,
+                               scored.online_score, scored.online_model_version)
             yield beam.pvalue.TaggedOutput(LOGGED, WindowedValue((tx.terminal_id, record), timestamp, [window]))

@@ -24,10 +24,16 @@ runner):
    pull then come back only after the subscription's ack deadline, 60 s by default). A deadline
    error counts as an empty pull. When no patched reader got a message for ``idle_after`` s,
    an empty pull sleeps ``idle_sleep`` s so an idle job does not spin. Messages are still
-   acknowledged as Beam does (right after the pull).
+   acknowledged as Beam does (right after the pull). A subscription that was pulled from
+   successfully and then is ``NOT_FOUND`` or ``UNAVAILABLE`` (the emulator restarted and its
+   in-memory subscriptions are not recreated yet) counts as an empty pull, with a warning every
+   10 s, instead of failing the read four times in milliseconds and the pipeline with it.
 4. **Publisher clients.** ``WriteToPubSub`` creates a new ``PublisherClient`` (a gRPC channel)
    in ``setup()``, which the local runner calls for every bundle, and never closes it. Here
-   one client per process and ordering mode is created and reused.
+   one client per process and ordering mode is created and reused. A write to a topic that was
+   written successfully before and is now ``NOT_FOUND``/``UNAVAILABLE`` is retried for up to
+   ``WRITE_RETRY_SECONDS`` (the whole bundle again: at least once, so a message may be published
+   twice — identical).
 5. **Per-bundle DoFn set-up.** Every ParDo bundle starts with a pickle round trip of the DoFn
    (a fresh copy) and a DoFnRunner that inspects the signature of each DoFn method again. Here
    the DoFn is pickled once per transform and each bundle unpickles its own fresh copy, and a
@@ -66,6 +72,7 @@ warning and the runner behaves as Beam ships it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -196,22 +203,66 @@ def _skip_timerless_scans():
     from apache_beam.runners.direct import watermark_manager
     from apache_beam.transforms import core, userstate
 
+    from apache_beam.runners.direct.util import TimerFiring
+    from apache_beam.transforms.timeutil import TimeDomain
+
+    REAL_TIME, WATERMARK = TimeDomain.REAL_TIME, TimeDomain.WATERMARK
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+
     cls = watermark_manager._TransformWatermarks
     if getattr(cls, "_streamscore_patched", False):
         return True
-    original_init, original_extract = cls.__init__, cls.extract_transform_timers
+    original_init = cls.__init__
+    if "self.timers = " not in inspect.getsource(InMemoryUnmergedState.__init__):
+        raise AttributeError("InMemoryUnmergedState keeps no `timers` dict")
+    if "state.get_timers(" not in inspect.getsource(cls.extract_transform_timers):
+        raise AttributeError("_TransformWatermarks.extract_transform_timers changed")
+    if "for (name, time_domain, dynamic_timer_tag), timestamp in" not in inspect.getsource(
+            InMemoryUnmergedState.get_timers):
+        raise AttributeError("InMemoryUnmergedState.get_timers changed")
 
     def __init__(self, clock, keyed_states, transform):
         original_init(self, clock, keyed_states, transform)
         inner = transform.transform if isinstance(transform, AppliedPTransform) else None
-        self._streamscore_no_timers = (isinstance(inner, core.ParDo)
+        # Exactly a ParDo: subclasses run other evaluators that rely on the scan without declaring
+        # timers in their DoFn — the direct runner's _GroupAlsoByWindow (a windowed GroupByKey's
+        # triggers and end-of-window firings are timers of its evaluator) failed or stalled when skipped.
+        self._streamscore_no_timers = (type(inner) is core.ParDo
                                        and not userstate.get_dofn_specs(inner.dofn)[1])
 
     def extract_transform_timers(self):
         if self._streamscore_no_timers:
             return [], False
-        return original_extract(self)
+        # Beam's loop, without its call per key that holds no timer at all (get_timers of an empty
+        # dict answers ([], False)): a stage with a timer per few keys (the terminal stage's label
+        # deadlines) is walked at the cost of a truth test per key.
+        # get_timers(clear=False) is inlined: no call and no list copies per key.
+        with self._lock:
+            fired_timers = []
+            has_realtime_timer = False
+            watermark, now = self._input_watermark, None
+            for encoded_key, state in self._keyed_states.items():
+                timers = state.timers
+                if not timers:
+                    continue
+                for window, per_window in timers.items():
+                    for (name, time_domain, dynamic_timer_tag), timestamp in per_window.items():
+                        if time_domain == REAL_TIME:
+                            has_realtime_timer = True
+                            if now is None:
+                                now = self._clock.time()
+                            marker = now
+                        elif time_domain == WATERMARK:
+                            marker = watermark
+                        else:
+                            continue  # Beam logs an error and compares with a stale marker; never set here
+                        if timestamp <= marker:
+                            fired_timers.append(TimerFiring(encoded_key, window, name, time_domain, timestamp,
+                                                            dynamic_timer_tag=dynamic_timer_tag))
+            self._fired_timers.update(fired_timers)
+            return fired_timers, has_realtime_timer
 
+    cls._streamscore_original_extract = cls.extract_transform_timers  # for the tests' comparison
     cls.__init__ = __init__
     cls.extract_transform_timers = extract_transform_timers
     cls._streamscore_patched = True
@@ -222,6 +273,24 @@ def _skip_timerless_scans():
 
 _PULL: dict[str, float] = {}
 _LAST_DATA = [0.0]  # monotonic time a patched reader last got messages
+#: Subscriptions / topics this process used successfully: if one then disappears or its server is
+#: unreachable (the emulator restarted, its in-memory subscriptions not recreated yet), the reader
+#: waits and the writer retries instead of failing the bundle four times in a few milliseconds,
+#: which killed the pipeline. One never used successfully still fails at once (a typo, a missing topic).
+_SEEN_SUBSCRIPTIONS: set[str] = set()
+_SEEN_TOPICS: set[str] = set()
+_GONE_SLEEP = 0.5
+#: How long a write keeps retrying a topic that existed before (then the bundle fails as Beam's would).
+WRITE_RETRY_SECONDS = 120.0
+_LAST_WARNED: dict[str, float] = {}
+
+
+def _warn_gone(kind: str, path: str, exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _LAST_WARNED.get(path, -1e9) >= 10.0:
+        _LAST_WARNED[path] = now
+        log.warning("Pub/Sub %s %s is gone or unreachable (%s: %s); waiting for it to come back",
+                    kind, path, type(exc).__name__, str(exc)[:200])
 
 
 def _patch_pull():
@@ -247,6 +316,14 @@ def _patch_pull():
                                          return_immediately=True, timeout=_PULL["deadline"])
             except exceptions.DeadlineExceeded:
                 response = PullResponse()
+            except (exceptions.NotFound, exceptions.ServiceUnavailable) as exc:
+                if subscription not in _SEEN_SUBSCRIPTIONS:  # never existed: a configuration error, fail fast
+                    raise
+                _warn_gone("subscription", subscription, exc)  # it existed: wait for it, as Dataflow's reader does
+                time.sleep(_GONE_SLEEP)
+                response = PullResponse()
+            else:
+                _SEEN_SUBSCRIPTIONS.add(subscription)
             now = time.monotonic()
             if response.received_messages:
                 _LAST_DATA[0] = now
@@ -300,6 +377,25 @@ def _cache_publishers():
         self._pub_client = publisher_client(bool(self.with_ordering))
         self._topic = self._pub_client.topic_path(self.project, self.short_topic_name)
 
+    from google.api_core import exceptions
+
+    original_flush = fn._flush
+
+    def _flush(self):
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        while True:
+            try:
+                original_flush(self)  # keeps its buffer when it raises: a retry republishes all of it
+            except (exceptions.NotFound, exceptions.ServiceUnavailable) as exc:
+                if self._topic not in _SEEN_TOPICS or time.monotonic() > deadline:
+                    raise
+                _warn_gone("topic", self._topic, exc)
+                time.sleep(_GONE_SLEEP)
+                continue
+            _SEEN_TOPICS.add(self._topic)
+            return
+
     fn.setup = setup
+    fn._flush = _flush
     fn._streamscore_patched = True
     return True

@@ -130,47 +130,87 @@ def _read_ids(view: memoryview, pos: int, n: int) -> tuple[list[str], int]:
     return ids, pos
 
 
-def decode_state(value: bytes, spec: FeatureSpec) -> StoredState:
-    """The state in a store value, checked against ``spec`` (its hash must match)."""
-    view = memoryview(value)
-    pos = VERSION_DIGITS
-    magic, pos = _take(view, pos, len(MAGIC) + 1)
-    if bytes(magic[:4]) != MAGIC or bytes(magic[4:]) not in _KINDS:
+def _truncated(needs: int, has: int) -> StateDecodeError:
+    return StateDecodeError(f"store value is truncated: needs {needs} bytes, has {has}")
+
+
+_HEAD_AT = VERSION_DIGITS + len(MAGIC) + 1
+_ARRAYS_AT = _HEAD_AT + _HEAD.size
+
+
+def decode_state(value: bytes, spec: FeatureSpec, *, for_transaction: str | None = None) -> StoredState:
+    """The state in a store value, checked against ``spec`` (its hash must match).
+
+    ``for_transaction`` (a transaction id) asks for a throw-away copy to featurise that one
+    transaction (the predictor's raw path): when the id's UTF-8 bytes occur nowhere in the
+    value's id block, the copy's ids are not decoded (one placeholder per transaction; decoding
+    the ids is most of the cost of a decode), so its ``seen()`` is exact for that id (False) and
+    adding it gives exactly the features of a full decode, but the copy must not be asked about
+    other ids nor written back. When the bytes do occur, the ids are decoded as usual.
+    """
+    size = len(value)
+    if size < _ARRAYS_AT:
+        raise _truncated(_ARRAYS_AT, size)
+    if value[VERSION_DIGITS:_HEAD_AT - 1] != MAGIC or value[_HEAD_AT - 1:_HEAD_AT] not in _KINDS:
         raise StateDecodeError(f"store value does not start with a {MAGIC.decode()} state header")
-    kind = _KINDS[bytes(magic[4:])]
-    head, pos = _take(view, pos, _HEAD.size)
-    spec_hash, written_at_ms, lateness, max_time, n = _HEAD.unpack(head)
+    kind = _KINDS[value[_HEAD_AT - 1:_HEAD_AT]]
+    spec_hash, written_at_ms, lateness, max_time, n = _HEAD.unpack_from(value, _HEAD_AT)
     if spec_hash.hex() != spec.spec_hash:
         raise StateDecodeError(f"store value was written for feature spec {spec_hash.hex()[:12]}, "
                                f"expected {spec.spec_hash[:12]}")
-    raw, pos = _take(view, pos, 8 * n)
-    times = array("q", bytes(raw))
-    raw, pos = _take(view, pos, 2 * n)
-    lengths = array("H", bytes(raw))
+    if lateness < 0:
+        raise StateDecodeError(f"store value has a negative allowed lateness ({lateness})")
+    view = memoryview(value)
+    pos = _ARRAYS_AT + 10 * n  # n times (int64), n id lengths (uint16)
+    if pos > size:
+        raise _truncated(pos, size)
+    times = array("q")
+    times.frombytes(view[_ARRAYS_AT:_ARRAYS_AT + 8 * n])
+    lengths = array("H")
+    lengths.frombytes(view[_ARRAYS_AT + 8 * n:pos])
     total = sum(lengths)
-    raw, pos = _take(view, pos, total)
-    blob, ids, start = bytes(raw), [], 0
-    for size in lengths:
-        ids.append(blob[start:start + size].decode("utf-8"))
-        start += size
-    if kind == "customer":
-        state = CustomerState(spec, lateness)
-        raw, pos = _take(view, pos, 8 * n)
-        state._cents = array("q", bytes(raw))
+    if pos + total > size:
+        raise _truncated(pos + total, size)
+    blob = value[pos:pos + total]
+    pos += total
+    if for_transaction is not None and for_transaction.encode("utf-8") not in blob:
+        ids = [None] * n
     else:
-        state = TerminalState(spec, lateness)
-        raw, pos = _take(view, pos, n)
-        state._frauds = array("b", bytes(raw))
-        count, pos = _take(view, pos, 4)
-        for _ in range(_U32.unpack(count)[0]):
-            (tid,), pos = _read_ids(view, pos, 1)
-            t, pos = _take(view, pos, 8)
-            state._pending[tid] = _I64.unpack(t)[0]
-    if pos != len(view):
-        raise StateDecodeError(f"store value has {len(view) - pos} trailing bytes")
+        ids, start = [], 0
+        for length in lengths:
+            ids.append(blob[start:start + length].decode("utf-8"))
+            start += length
+    if kind == "customer":
+        state = CustomerState.__new__(CustomerState)
+        end = pos + 8 * n
+        if end > size:
+            raise _truncated(end, size)
+        state._cents = cents = array("q")
+        cents.frombytes(view[pos:end])
+        pos = end
+    else:
+        state = TerminalState.__new__(TerminalState)
+        end = pos + n
+        if end + 4 > size:
+            raise _truncated(end + 4, size)
+        state._frauds = frauds = array("b")
+        frauds.frombytes(view[pos:end])
+        (count,) = _U32.unpack_from(value, end)
+        pos = end + 4
+        pending = {}
+        if count:
+            for _ in range(count):
+                (tid,), pos = _read_ids(view, pos, 1)
+                t, pos = _take(view, pos, 8)
+                pending[tid] = _I64.unpack(t)[0]
+        state._pending, state._waiting, state._aged_out, state._deadlines = pending, {}, [], {}
+    if pos != size:
+        raise StateDecodeError(f"store value has {size - pos} trailing bytes")
+    # the fields of _KeyState.__init__ (validated when the stream built the state it encoded)
+    state.spec, state.allowed_lateness_ns, state._id_set = spec, lateness, None
     state._times, state._ids = times, ids
     state._max_time = None if max_time == -1 else max_time
-    return StoredState(kind, state, written_at_ms, version_of(value))
+    return StoredState(kind, state, written_at_ms, value[:VERSION_DIGITS].decode("ascii"))
 
 
 __all__ = ["MAGIC", "StateDecodeError", "StoredState", "decode_state", "encode_state", "state_version",

@@ -16,6 +16,7 @@ out-of-order arrival, a fraud label of a terminal transaction older than the del
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from streaming.io.events import Transaction
 from streaming.features.spec import DAY_NS, FeatureSpec
@@ -36,6 +37,18 @@ class RawFeatures:
     written_at_ms: int | None    # when the older of the two states was written by the stream (None: neither)
 
 
+_PICKERS: dict = {}
+
+
+def _picker(spec: FeatureSpec):
+    """spec.names' values of a feature dict, as a tuple (one C call)."""
+    pick = _PICKERS.get(spec.spec_hash)
+    if pick is None:
+        names = tuple(spec.names)
+        pick = _PICKERS[spec.spec_hash] = itemgetter(*names) if len(names) > 1 else (lambda d: (d[names[0]],))
+    return pick
+
+
 def raw_features(tx: Transaction, customer: StoredState | None, terminal: StoredState | None,
                  spec: FeatureSpec) -> RawFeatures:
     """Features of ``tx`` over the stored states (LateEventError if it is older than a state's lateness allows)."""
@@ -49,8 +62,13 @@ def raw_features(tx: Transaction, customer: StoredState | None, terminal: Stored
     m = m_state.add_transaction(tx.transaction_id, t)
     if m is None:
         m = m_state.features_at(t)
-    values = {**transaction_features(tx), **c, **m}
-    values.update(derived_features(values, spec))
-    written = [s.written_at_ms for s in (customer, terminal) if s is not None]
-    return RawFeatures(tuple(values[name] for name in spec.names), customer is not None, terminal is not None,
-                       seen, min(written) if written else None)
+    values = transaction_features(tx)
+    values.update(c)
+    values.update(m)
+    if spec.derived_names:
+        values.update(derived_features(values, spec))
+    if customer is None:
+        written = None if terminal is None else terminal.written_at_ms
+    else:
+        written = customer.written_at_ms if terminal is None else min(customer.written_at_ms, terminal.written_at_ms)
+    return RawFeatures(_picker(spec)(values), customer is not None, terminal is not None, seen, written)

@@ -95,9 +95,12 @@ class StoreConfig:
     def terminal_key(self, terminal_id: str) -> str:
         return f"{self.prefix}:{self.spec_hash[:16]}:t:{terminal_id}"
 
-    def client(self, timeout: float | None = None) -> redis.Redis:
+    def client(self, timeout: float | None = None, *, dedicated: bool = False) -> redis.Redis:
+        """A redis-py client; ``dedicated``: one connection of its own, not a pool (no pool
+        checkout per command: ~5-10 us less per round trip; thread-safe by redis-py's lock)."""
         timeout = self.socket_timeout if timeout is None else timeout
-        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                    single_connection_client=dedicated)
 
 
 @dataclass
@@ -231,7 +234,8 @@ def writer_for(config: StoreConfig, user: str = "") -> StoreWriter:
 
 
 class StoreReader:
-    """The predictor's read side: a card's and a terminal's state in one round trip (MGET)."""
+    """The predictor's read side: a card's and a terminal's state in one round trip (MGET), on a
+    connection of its own; :meth:`fetch_many`: many pairs in one MGET (a ScoreStream batch)."""
 
     def __init__(self, config: StoreConfig, spec: FeatureSpec, *, timeout: float = 0.25):
         if config.spec_hash != spec.spec_hash:
@@ -239,23 +243,53 @@ class StoreReader:
                              f"{spec.spec_hash[:12]}")
         self.config = config
         self.spec = spec
-        self._client = config.client(timeout)
+        self._timeout = timeout
+        self._dedicated: redis.Redis | None = None  # connected on first use (the store may be down at start)
 
-    def fetch(self, customer_id: str, terminal_id: str) -> tuple[StoredState | None, StoredState | None]:
-        """The stored states (None for a key the store does not have); StoreUnavailableError if unreachable."""
+    @property
+    def _client(self) -> redis.Redis:
+        client = self._dedicated
+        if client is None:  # redis-py connects a dedicated client at once: RedisError while the store is down
+            client = self._dedicated = self.config.client(self._timeout, dedicated=True)
+        return client
+
+    def fetch(self, customer_id: str, terminal_id: str, transaction_id: str | None = None
+              ) -> tuple[StoredState | None, StoredState | None]:
+        """The stored states (None for a key the store does not have); StoreUnavailableError if unreachable.
+
+        With ``transaction_id``, the states are throw-away copies to featurise that transaction
+        (``decode_state(..., for_transaction=)``: their ids are decoded only if needed)."""
         config = self.config
         try:
             customer, terminal = self._client.mget((config.customer_key(customer_id), config.terminal_key(terminal_id)))
         except redis.RedisError as exc:
             raise StoreUnavailableError(f"online store {redact(config.url)} is unreachable: "
                                         f"{type(exc).__name__}: {exc}") from None
-        return self._decode(customer, "customer"), self._decode(terminal, "terminal")
+        return (self.decode(customer, "customer", transaction_id),
+                self.decode(terminal, "terminal", transaction_id))
 
-    def _decode(self, value: bytes | None, kind: str) -> StoredState | None:
+    def fetch_many(self, pairs) -> list:
+        """The stored values of many (customer_id, terminal_id) pairs in one MGET: a list of
+        (customer bytes | None, terminal bytes | None), in order (decode each with :meth:`decode`).
+        StoreUnavailableError if unreachable."""
+        config = self.config
+        keys = []
+        for customer_id, terminal_id in pairs:
+            keys.append(config.customer_key(customer_id))
+            keys.append(config.terminal_key(terminal_id))
+        try:
+            values = self._client.mget(keys) if keys else []
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"online store {redact(config.url)} is unreachable: "
+                                        f"{type(exc).__name__}: {exc}") from None
+        return list(zip(values[0::2], values[1::2]))
+
+    def decode(self, value: bytes | None, kind: str, transaction_id: str | None = None) -> StoredState | None:
+        """One fetched value as a state of ``kind`` (None: the store had none); StoreUnavailableError if unreadable."""
         if value is None:
             return None
         try:
-            stored = decode_state(value, self.spec)
+            stored = decode_state(value, self.spec, for_transaction=transaction_id)
         except StateDecodeError as exc:
             raise StoreUnavailableError(f"online store holds an unreadable {kind} state: {exc}") from None
         if stored.kind != kind:

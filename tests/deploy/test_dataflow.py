@@ -94,8 +94,9 @@ def test_every_step_is_named_by_us_and_unique(graphs, name):
     # Beam's automatic labels carry the source line of a lambda or callable; ours are class or verb names.
     assert not [s for s in steps if "<lambda>" in s or "<locals>" in s or ".py:" in s]
     top = sorted({s.split("/")[1] for s in steps if s.count("/") >= 1})
-    want = ["KeyToLearner", "LearnerFn", "MergeDeadLetters", "ReadEvents", "ScoreFn", "StreamFeatures",
-            "ToDeadLetterMessage", "WriteAlerts", "WriteDeadLetters", "WriteMonitoring", "WriteScores"]
+    want = ["KeyToLearner", "LearnerFn", "MergeDeadLetters", "MergeMonitoring", "ReadEvents", "ScoreFn",
+            "ServedOnline", "StreamFeatures", "ToDeadLetterMessage", "WriteAlerts", "WriteDeadLetters",
+            "WriteMonitoring", "WriteScores"]
     assert top == (want if name == "scoring" else
                    ["MergeDeadLetters", "ReadEvents", "StreamFeatures", "ToDeadLetterMessage", "WriteDeadLetters",
                     "WriteFeatures"])

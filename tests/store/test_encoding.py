@@ -77,3 +77,47 @@ def test_version_grows_with_every_change():
     s.add_transaction("c", 11 * DAY_NS); step()       # the pending label becomes a fraud flag
     s.add_transaction("d", 200 * DAY_NS); step()      # everything older is pruned, time moved on
     assert version_of(encode_state(s, written_at_ms=0)) == seen[-1]
+
+
+def test_a_decoded_state_has_every_field_a_new_one_has():
+    """decode_state builds states without __init__ (speed): a field added to the state classes must be set too."""
+    for state in (_customer(DEFAULT_SPEC), _terminal(DEFAULT_SPEC)):
+        back = decode_state(encode_state(state, written_at_ms=0), DEFAULT_SPEC).state
+        fresh = type(state)(DEFAULT_SPEC, DAY_NS)
+        assert set(vars(back)) == set(vars(fresh))
+        assert back.spec is DEFAULT_SPEC and back.allowed_lateness_ns == DAY_NS
+
+
+@pytest.mark.parametrize("spec", [DEFAULT_SPEC, EXTENDED_SPEC], ids=["default", "extended"])
+@pytest.mark.parametrize("case", [
+    "new",      # not in the state: the ids are not decoded
+    "held",     # in the state: the full decode, the stream's features of that transaction
+    "inside",   # its bytes occur in the id block, yet it is not an id: the full decode
+    "pending",  # a pending label's id (not in the id block): its transaction takes the label
+])
+def test_a_copy_for_one_transaction_gives_the_features_of_a_full_decode(spec, case):
+    for state, add in ((_customer(spec), "add"), (_terminal(spec), "add_transaction")):
+        value = encode_state(state, written_at_ms=5)
+        full = decode_state(value, spec).state
+        latest = full.max_event_time_ns
+        tid, t = {"new": ("new-tx", latest + DAY_NS), "held": (full._ids[-1], full._times[-1]),
+                  "inside": ("x-", latest), "pending": ("later-é", latest + 1)}[case]
+        copy = decode_state(value, spec, for_transaction=tid)
+        assert copy.written_at_ms == 5 and copy.version == version_of(value)
+        copy = copy.state
+        assert copy.seen(tid) == full.seen(tid) == (case == "held")
+        args = (tid, t, 12.34) if add == "add" else (tid, t)
+        got, want = getattr(copy, add)(*args), getattr(full, add)(*args)
+        if case == "held":  # already seen: its features at its time
+            assert got is None and want is None
+            got, want = copy.features_at(t), full.features_at(t)
+        assert got == want and want is not None
+        assert (copy._ids == full._ids) == (case in ("held", "inside"))  # decoded iff the bytes occur
+
+
+def test_damaged_lateness_is_refused():
+    value = bytearray(encode_state(_customer(DEFAULT_SPEC), written_at_ms=0))
+    lateness_at = 39 + 5 + 32 + 8
+    value[lateness_at:lateness_at + 8] = (-1).to_bytes(8, "little", signed=True)
+    with pytest.raises(StateDecodeError, match="lateness"):
+        decode_state(bytes(value), DEFAULT_SPEC)

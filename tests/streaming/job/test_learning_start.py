@@ -14,7 +14,7 @@ from apache_beam.testing.test_stream import TestStream
 
 from models import training
 from models.evaluation import Split, normalise_feature_table
-from models.online import OnlineLearner
+from models.online import DEFAULT_LEARNER, OnlineLearner, learner_factory
 from models.online_shards import combine, shard_of
 from models.registry import Registry
 from streaming.features.spec import DEFAULT_SPEC
@@ -54,11 +54,11 @@ def production_with_window(registry: Registry, path) -> tuple[str, int]:
 
 
 def snapshot(registry: Registry, labels: int, spec_hash: str = DEFAULT_SPEC.spec_hash, key="learner") -> str:
-    learner = OnlineLearner(NAMES)
+    learner = OnlineLearner(NAMES, learner_factory(DEFAULT_LEARNER))  # the job's learner kind
     for i in range(labels):
         learner.learn_one([float((i * 3 + j) % 7) for j in range(len(NAMES))], i % 4 == 0)
     return registry.register_online(learner.snapshot(), {"feature_names": NAMES, "labels_learned": labels,
-                                                          "learner": "linear", "learner_key": key},
+                                                          "learner": DEFAULT_LEARNER, "learner_key": key},
                                     spec_hash=spec_hash, learner_key=key)
 
 

@@ -129,6 +129,68 @@ def test_timers_still_fire_on_the_tuned_runner():
     assert _run_pardo([[("a", 1), ("b", 2), ("a", 3)], [("a", 60)]], TimerFn()) == [("a", 3), ("b", 1)]
 
 
+def test_a_windowed_group_by_key_still_fires_on_the_tuned_runner():
+    """Regression: Beam's _GroupAlsoByWindow is a ParDo subclass whose DoFn declares no timers, but
+    its evaluator fires the windows by timers; skipping its scan failed the pipeline."""
+    from apache_beam.transforms import window
+
+    grouped = replay([[("a", 1), ("b", 2), ("a", 3)], [("a", 15)], [("b", 27)]], _Outputs(
+        main=lambda p: p | beam.WindowInto(window.FixedWindows(10)) | beam.GroupByKey()
+        | beam.MapTuple(lambda k, vs: (k, tuple(sorted(vs))))), _at)["main"]
+    assert sorted(grouped) == [("a", (1, 3)), ("a", (15,)), ("b", (2,)), ("b", (27,))]
+
+
+def test_only_plain_pardos_without_timers_skip_the_scan():
+    from apache_beam.runners.direct import watermark_manager
+    from apache_beam.runners.direct.direct_runner import _GroupAlsoByWindow
+
+    from apache_beam.pipeline import AppliedPTransform
+    from apache_beam.transforms.core import Windowing
+    from apache_beam.transforms.window import GlobalWindows
+
+    def skips(transform) -> bool:
+        applied = AppliedPTransform(None, transform, "t", {}, None, None)
+        return watermark_manager._TransformWatermarks(None, {}, applied)._streamscore_no_timers
+
+    assert skips(beam.ParDo(HoldsBoundMethodFn()))
+    assert not skips(beam.ParDo(TimerFn()))
+    assert not skips(_GroupAlsoByWindow(Windowing(GlobalWindows())))
+
+
+def test_the_inlined_timer_scan_equals_beams():
+    from apache_beam.pipeline import AppliedPTransform
+    from apache_beam.runners.direct import watermark_manager
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+    from apache_beam.utils.timestamp import Timestamp
+
+    class Clock:
+        def time(self):
+            return Timestamp(50)
+
+    def scan(extract):
+        applied = AppliedPTransform(None, beam.ParDo(TimerFn()), "t", {}, None, None)
+        marks = watermark_manager._TransformWatermarks(Clock(), {}, applied)
+        states = {}
+        for key, timers in [("none", []), ("due", [("w1", "a", TimeDomain.WATERMARK, 10)]),
+                            ("later", [("w1", "a", TimeDomain.WATERMARK, 1000)]),
+                            ("rt-due", [("w2", "b", TimeDomain.REAL_TIME, 40)]),
+                            ("rt-later", [("w2", "b", TimeDomain.REAL_TIME, 60)]),
+                            ("mixed", [("w1", "a", TimeDomain.WATERMARK, 20), ("w2", "a", TimeDomain.WATERMARK, 21),
+                                       ("w2", "c", TimeDomain.WATERMARK, 5000)])]:
+            state = states[key] = InMemoryUnmergedState()
+            for window, name, domain, at in timers:
+                state.set_timer(window, name, domain, Timestamp(at))
+        marks._keyed_states = states
+        marks._input_watermark = Timestamp(30)
+        fired, realtime = extract(marks)
+        return sorted((f.encoded_key, f.window, f.name, f.time_domain, f.timestamp) for f in fired), realtime
+
+    cls = watermark_manager._TransformWatermarks
+    assert scan(cls.extract_transform_timers) == scan(cls._streamscore_original_extract)
+    fired, realtime = scan(cls.extract_transform_timers)
+    assert realtime and [f[0] for f in fired] == ["due", "mixed", "mixed", "rt-due"]
+
+
 class _FakeSubscriber:
     def __init__(self, responses):
         self.calls, self.responses = [], list(responses)
@@ -182,6 +244,71 @@ def test_an_idle_pull_sleeps_so_an_idle_job_does_not_spin(monkeypatch):
     finally:
         local_runner.install()
     assert slept >= 0.2  # a lower bound on a sleep, not a speed threshold
+
+
+def test_a_subscription_that_existed_and_vanishes_is_waited_for_one_never_seen_fails(monkeypatch):
+    from apache_beam.runners.direct import transform_evaluator as te
+    from google.api_core import exceptions
+    from google.pubsub_v1.types import PullResponse
+
+    local_runner.install(5, 0.25, idle_sleep=0.0)
+    monkeypatch.setattr(local_runner, "_GONE_SLEEP", 0.0)
+    try:
+        fake = _FakeSubscriber([PullResponse(), exceptions.NotFound("Subscription does not exist"),
+                                exceptions.ServiceUnavailable("down"), exceptions.NotFound("Subscription does not exist")])
+        fake.acknowledge = lambda *, subscription, ack_ids: None
+        monkeypatch.setattr(te._PubSubReadEvaluator, "_get_subscriber_client", classmethod(lambda cls, t: fake))
+        evaluator = te._PubSubReadEvaluator.__new__(te._PubSubReadEvaluator)
+        evaluator._applied_ptransform, evaluator._sub_name = object(), "projects/p/subscriptions/seen-then-gone"
+        assert evaluator._read_from_pubsub(None) == []  # pulled once: it exists
+        assert evaluator._read_from_pubsub(None) == []  # gone (the emulator restarted): an empty pull
+        assert evaluator._read_from_pubsub(None) == []  # unreachable: the same
+        evaluator._sub_name = "projects/p/subscriptions/never-seen"
+        with pytest.raises(exceptions.NotFound):  # a subscription that never existed still fails at once
+            evaluator._read_from_pubsub(None)
+    finally:
+        local_runner.install()
+
+
+def test_a_write_to_a_topic_that_existed_is_retried_while_it_is_gone(monkeypatch):
+    from apache_beam.io.gcp.pubsub import WriteToPubSub, _PubSubWriteDoFn
+    from google.api_core import exceptions
+
+    monkeypatch.setattr(local_runner, "_GONE_SLEEP", 0.0)
+    outcomes = []
+
+    class Future:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self, timeout=None):
+            if self.error:
+                raise self.error
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.published = list(errors), []
+
+        def publish(self, topic, data, **attrs):
+            self.published.append(data)
+            return Future(self.errors.pop(0) if self.errors else None)
+
+    def flush(topic, errors):
+        fn = _PubSubWriteDoFn(WriteToPubSub(topic))
+        fn._pub_client, fn._topic = Client(errors), topic
+        from apache_beam.io.gcp.pubsub import PubsubMessage
+
+        fn._buffer = [PubsubMessage(b"m", {})._to_proto_str(for_publish=True)]
+        try:
+            fn._flush()
+            outcomes.append(("ok", len(fn._pub_client.published)))
+        except exceptions.NotFound:
+            outcomes.append(("failed", len(fn._pub_client.published)))
+
+    flush("projects/local-project/topics/seen", [])  # written once: it exists
+    flush("projects/local-project/topics/seen", [exceptions.NotFound("gone"), exceptions.ServiceUnavailable("down")])
+    flush("projects/local-project/topics/never-seen", [exceptions.NotFound("no such topic")])
+    assert outcomes == [("ok", 1), ("ok", 3), ("failed", 1)]  # retried (the message published again), or not
 
 
 def test_writers_share_one_publisher_client_per_ordering_mode(monkeypatch):
