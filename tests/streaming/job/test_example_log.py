@@ -185,3 +185,18 @@ def test_join_store_expires_exactly_what_a_full_scan_would():
     # every record older than the delay (before the latest time) is out, the rest is kept
     assert set(expired) == {tid for tid, t in kept.items() if t < latest - 3 * DAY}
     assert len(store) == len(kept) - len(expired)
+
+
+def test_join_store_gives_back_the_record_type_it_was_given_after_a_pickle_round_trip():
+    import pickle
+
+    from streaming.job.served import ServedRecord
+
+    store = JoinStore(keep_ns=2 * DAY)
+    served = ServedRecord("a", 0, "c", 0.4, None, None)  # another stage's record type (issue 18's served join)
+    store.add(served)
+    store = pickle.loads(pickle.dumps(store))
+    assert store.label("a", 1, 0) == LogRow(served, 1, CONFIRMED)
+    store.add(ServedRecord("b", DAY, "c", 0.1, 0.2, "o1"))
+    store.add(ServedRecord("c", 4 * DAY, "c", 0.1, 0.2, "o1"))
+    assert [type(r.record) for r in store.take_expired()] == [ServedRecord]
