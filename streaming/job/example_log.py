@@ -110,16 +110,16 @@ class JoinStore:
     ['unconfirmed']
     """
 
-    def __init__(self, keep_ns: int, record_type: type = LogRecord):
+    def __init__(self, keep_ns: int):
         if keep_ns <= 0:
             raise ValueError(f"keep_ns must be > 0, got {keep_ns}")
         self.keep_ns = keep_ns
-        # The NamedTuple the records are rebuilt as (LogRecord here; streaming.job.served keeps its
-        # own ServedRecord): its second field must be the event time in ns.
-        self.record_type = record_type
         # Plain tuples (LogRecord's fields), not LogRecords: the store is pickled with the key's state
         # at every bundle, and a NamedTuple pickles ~10x slower than a tuple (copyreg's __reduce_ex__).
+        # The record type (LogRecord, or another stage's NamedTuple with ``transaction_id`` and
+        # ``time_ns`` as fields 0 and 1, e.g. streaming.job.served's ServedRecord) is kept once per store.
         self._records: dict[str, tuple] = {}
+        self._kind = LogRecord
         self._pending: dict[str, tuple[int, int]] = {}  # transaction id -> (its time, label)
         self._latest: int | None = None
         self._expired: list[LogRow] = []
@@ -136,6 +136,7 @@ class JoinStore:
         if pending is not None:
             row = LogRow(record, pending[1], CONFIRMED)
         else:
+            self._kind = type(record)
             self._records[record.transaction_id] = tuple(record)
             self._oldest = min(self._oldest, record.time_ns)
         self._advance(record.time_ns)
@@ -144,7 +145,7 @@ class JoinStore:
     def label(self, transaction_id: str, label: int, time_ns_: int) -> LogRow | None:
         record = self._records.pop(transaction_id, None)
         if record is not None:
-            return LogRow(self.record_type._make(record), int(label), CONFIRMED)
+            return LogRow(self._kind._make(record), int(label), CONFIRMED)
         if self._latest is None or time_ns_ >= self._latest - self.keep_ns:
             self._pending[transaction_id] = (int(time_ns_), int(label))
             self._oldest = min(self._oldest, int(time_ns_))
@@ -166,7 +167,7 @@ class JoinStore:
             return
         old = [tid for tid, r in self._records.items() if r[1] < cutoff]  # r[1]: time_ns
         for tid in old:
-            self._expired.append(LogRow(self.record_type._make(self._records.pop(tid)), 0, UNCONFIRMED))
+            self._expired.append(LogRow(self._kind._make(self._records.pop(tid)), 0, UNCONFIRMED))
         stale = [tid for tid, (tt, _) in self._pending.items() if tt < cutoff]
         for tid in stale:
             del self._pending[tid]
