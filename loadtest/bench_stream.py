@@ -387,6 +387,7 @@ class Outcome:
     publish_s: float = math.nan
     exit_note: str = ""
     load: float = math.nan
+    visibility: dict | None = None  # -store: how long after its output a transaction's state is in Redis
     arrivals: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -511,7 +512,7 @@ def _job_command(variant: Variant, emulator, names: dict[str, str], labels: str,
 
 
 def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, key_of, out: Outcome,
-             cpu_samples: list[tuple[float, float]], settle: float = 1.0) -> None:
+             cpu_samples: list[tuple[float, float]], settle: float = 1.0, on_output=None) -> None:
     """Pull and ack until ``expected`` distinct outputs came, the job died or the deadline; then settle."""
     from google.api_core import exceptions
 
@@ -537,9 +538,34 @@ def _collect(subscriber, path: str, expected: int, deadline: float, job: Job, ke
             out.received += 1
             out.arrivals.append(item.message.publish_time.timestamp())
             seen.add(key_of(item.message))
+            if on_output is not None:
+                on_output(item.message)
         if len(received) < 200:
             time.sleep(0.25)  # arrival times are publish times: pulling less often costs no precision
     out.distinct = len(seen)
+
+
+VISIBILITY_SAMPLES = 300
+
+
+def visibility_probe(df):
+    """A VisibilityProbe on the run's store watching every k-th transaction (VISIBILITY_SAMPLES per
+    run, watched from before they are published), and the callback giving it their outputs' publish times."""
+    import orjson
+
+    from streaming.features.spec import DEFAULT_SPEC
+    from streaming.store.visibility import VisibilityProbe
+
+    every = max(1, len(df) // VISIBILITY_SAMPLES)
+    probe = VisibilityProbe(_ONLINE_STORE[0], DEFAULT_SPEC, 7.0, interval=0.02)
+    sampled = df.iloc[::every]
+    for tid, customer, terminal in zip(sampled["TRANSACTION_ID"], sampled["CUSTOMER_ID"], sampled["TERMINAL_ID"]):
+        probe.watch(str(tid), str(customer), str(terminal))
+
+    def on_output(message):
+        probe.published(str(orjson.loads(message.data)["transaction_id"]), message.publish_time.timestamp())
+
+    return probe, on_output
 
 
 def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, timeout: float, workdir: Path,
@@ -561,6 +587,11 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
 
     bare = variant.base == "bare"
     with_labels = labels == "backlog" and not bare
+    if variant.store:  # every run writes the same keys: start empty (else the compare-and-set refuses them all)
+        import redis
+
+        redis.Redis.from_url(_ONLINE_STORE[0]).flushdb()
+    probe, on_output = visibility_probe(df) if variant.store else (None, None)
     publisher = make_publisher(emulator.host_port)
     try:
         topics = TopicPaths(emulator.topic_path(names["in"]), emulator.topic_path(names["labels"]) if with_labels else None)
@@ -571,6 +602,8 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
     out.publish_s = report.elapsed
     if report.transactions != n:
         out.exit_note = f"published {report.transactions}/{n}"
+        if probe is not None:
+            probe.close(timeout=0)
         return out
 
     if bare:
@@ -590,7 +623,9 @@ def bench_variant(emulator, variant: Variant, repeat: int, df, labels: str, time
         raise
     try:
         _collect(subscriber, emulator.subscription_path(names["out_sub"]), n, time.monotonic() + timeout, job,
-                 key_of, out, cpu_samples)
+                 key_of, out, cpu_samples, on_output=on_output)
+        if probe is not None:
+            out.visibility = probe.close(timeout=5.0).as_dict()
         if not bare:
             dead: list = []
             deadline = time.monotonic() + 2.0
@@ -649,6 +684,11 @@ def print_row(o: Outcome) -> None:
                      _fmt(o.startup, ".1f"), _fmt(o.drain, ".1f"), _fmt(o.rate, ",.1f"),
                      f"{_fmt(o.rate_early, ',.0f')} / {_fmt(o.rate_late, ',.0f')}", _fmt(o.overall, ",.1f"),
                      _fmt(o.cpu_ms, ".1f"), _fmt(o.rss_mib, ",.0f"), _fmt(o.load, ".1f"), status), flush=True)
+    if o.visibility:
+        v = o.visibility
+        print(f"    store visibility after the output: p50 {v['p50_ms']:.0f} ms, p90 {v['p90_ms']:.0f} ms, "
+              f"p99 {v['p99_ms']:.0f} ms, max {v['max_ms']:.0f} ms ({v['visible']}/{v['samples']} sampled visible, "
+              f"{v['exact']} exact, {v['before_output']} before the output)", flush=True)
 
 
 def baseline_of(variant: Variant, variants: Sequence[Variant]) -> Variant | None:
@@ -688,6 +728,13 @@ def summarize(outcomes: list[Outcome], variants: Sequence[Variant]) -> None:
             ratios = [o.rate / b.rate for o in by[v.name] for b in by[plain] if b.repeat == o.repeat and b.rate > 0]
             print(f"\nratio {v.name}/{plain} per repeat: {', '.join(format(r, '.2f') for r in ratios)}; "
                   f"median {_fmt(median(ratios), '.2f')}")
+    for v in variants:
+        vis = [o.visibility for o in by[v.name] if o.visibility]
+        if vis:
+            print(f"{v.name}: store visible after the output, medians over repeats: p50 "
+                  f"{_fmt(median([x['p50_ms'] for x in vis]), '.0f')} ms, p99 {_fmt(median([x['p99_ms'] for x in vis]), '.0f')}"
+                  f" ms (target p99 <= 1000 ms); worst max {_fmt(max(x['max_ms'] for x in vis), '.0f')} ms; never "
+                  f"visible {sum(x['missing'] for x in vis)} of {sum(x['samples'] for x in vis)} sampled")
     if "bare" in by and "features" in by:
         bare_rate, feat_rate = median([o.rate for o in by["bare"]]), median([o.rate for o in by["features"]])
         print(f"\nratio features/bare (ratio of the medians): {_fmt(feat_rate / bare_rate, '.2f')}")

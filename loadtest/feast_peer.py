@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -89,7 +90,8 @@ def _write(store, values: dict) -> int:
 
 
 def _pct(sorted_us, q):
-    return sorted_us[min(len(sorted_us) - 1, max(0, int(round(q / 100 * len(sorted_us) + 0.5)) - 1))]
+    """Nearest-rank percentile (as loadtest.grpc_loadgen.percentile)."""
+    return sorted_us[min(len(sorted_us), max(1, math.ceil(q / 100 * len(sorted_us)))) - 1]
 
 
 def _time_single(store, refs, pairs) -> dict:

@@ -168,36 +168,58 @@ def load_reference(registry, version: str) -> Reference | None:
 
 class LiveQuality:
     """AP and card precision@k over the last ``window_days`` days (event time) of labelled,
-    scored transactions; older rows are dropped as newer ones arrive."""
+    scored transactions; older rows are dropped as newer ones arrive.
+
+    Rows are kept as numpy chunks (appended per :meth:`update`, joined and pruned when
+    :meth:`metrics` asks or when many chunks accumulate): the streaming job updates it once per
+    bundle and pickles it with its state, which a growing DataFrame made costly.
+    """
 
     def __init__(self, window_days: int = 7, k: int = TOP_K):
         if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
             raise ValueError(f"window_days must be an integer >= 1, got {window_days!r}")
         self.window_days = window_days
         self.k = k
-        self._rows = pd.DataFrame({"TX_DATETIME": pd.Series(dtype="datetime64[ns]"),
-                                   "CUSTOMER_ID": pd.Series(dtype=np.int64),
-                                   "TX_FRAUD": pd.Series(dtype=np.int64), "score": pd.Series(dtype=np.float64)})
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._latest: np.datetime64 | None = None
 
     def update(self, times, customers, labels, scores) -> None:
-        new = pd.DataFrame({"TX_DATETIME": pd.to_datetime(np.asarray(times)), "CUSTOMER_ID": np.asarray(customers),
-                            "TX_FRAUD": np.asarray(labels, dtype=np.int64), "score": np.asarray(scores, dtype=np.float64)})
-        if not new["TX_FRAUD"].isin([0, 1]).all():
+        t = np.asarray(pd.to_datetime(np.asarray(times)), dtype="datetime64[ns]")
+        y = np.asarray(labels, dtype=np.int64)
+        if not np.isin(y, (0, 1)).all():
             raise ValueError("labels must be 0 or 1")
-        rows = pd.concat([self._rows, new], ignore_index=True) if len(self._rows) else new
-        cutoff = rows["TX_DATETIME"].max().normalize() - pd.Timedelta(days=self.window_days - 1)
-        self._rows = rows[rows["TX_DATETIME"] >= cutoff].reset_index(drop=True)
+        c, sc = np.asarray(customers), np.asarray(scores, dtype=np.float64)
+        if not (len(t) == len(c) == len(y) == len(sc)):
+            raise ValueError(f"times, customers, labels and scores must have one entry per row, got lengths "
+                             f"{len(t)}, {len(c)}, {len(y)} and {len(sc)}")
+        if not len(t):
+            return
+        latest = t.max()
+        self._latest = latest if self._latest is None else max(self._latest, latest)
+        self._chunks.append((t, c, y, sc))
+        if len(self._chunks) > 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._chunks:
+            return
+        t, c, y, sc = (np.concatenate(parts) for parts in zip(*self._chunks))
+        cutoff = self._latest.astype("datetime64[D]") - np.timedelta64(self.window_days - 1, "D")
+        keep = t >= cutoff
+        self._chunks = [(t[keep], c[keep], y[keep], sc[keep])] if keep.any() else []
 
     def metrics(self) -> dict:
         """``{"rows", "frauds", "average_precision", "card_precision@k"}`` (metrics ``None`` until
         the window holds both classes)."""
-        rows, y = self._rows, self._rows["TX_FRAUD"].to_numpy()
-        out = {"rows": len(rows), "frauds": int(y.sum()), "average_precision": None, f"card_precision@{self.k}": None}
+        self._compact()
+        out = {"rows": 0, "frauds": 0, "average_precision": None, f"card_precision@{self.k}": None}
+        if not self._chunks:
+            return out
+        ((t, c, y, sc),) = self._chunks
+        out["rows"], out["frauds"] = len(y), int(y.sum())
         if 0 < y.sum() < len(y):
-            out["average_precision"] = average_precision(y, rows["score"].to_numpy())
-            days = rows["TX_DATETIME"].to_numpy().astype("datetime64[D]")
-            out[f"card_precision@{self.k}"] = card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(), y,
-                                                                   rows["score"].to_numpy(), k=self.k).mean
+            out["average_precision"] = average_precision(y, sc)
+            out[f"card_precision@{self.k}"] = card_precision_at_k(t.astype("datetime64[D]"), c, y, sc, k=self.k).mean
         return out
 
 

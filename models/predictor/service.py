@@ -82,8 +82,9 @@ class _Raw:
 
 
 class _RawSlot:
-    """A raw-transaction stream message waiting for its batch: the messages read while the
-    writer was busy share one MGET (:meth:`ScorerService._resolve_raw`); ``outcome`` is then set."""
+    """A raw-transaction stream message waiting for its batch: the messages read (by any
+    ScoreStream call) while the writers were busy share one MGET (:meth:`ScorerService._resolve_raw`);
+    ``outcome`` is then set."""
 
     __slots__ = ("request", "outcome")
 
@@ -100,6 +101,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self._telemetry = telemetry
         self._message_latency = telemetry.latency_histogram(STREAM_MESSAGE) if telemetry is not None else None
         self._message_counts = telemetry.request_counts if telemetry is not None else None
+        # Raw-transaction stream messages read but not yet fetched, of every ScoreStream call (one
+        # event loop): the first writer to need one fetches them all in one MGET (_resolve_raw).
+        self._raw_batch: list = []
 
     def _row(self, request: scorer_pb2.ScoreRequest):
         if type(request) is Undecodable:
@@ -192,7 +196,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         pending: collections.deque = collections.deque()  # (request, start ns, outcome), in request order
         loop = asyncio.get_running_loop()
         wake: list = [None, None]  # [future the writer waits on, future the reader waits on (window full)]
-        raw_batch: list = []  # _RawSlots read but not yet fetched, in order
+        raw_batch = self._raw_batch  # shared by the calls: 4 streams of 8 in flight fetch like 1 of 32
         reader = loop.create_task(self._read(context, pending, wake, raw_batch))
         write, respond = context.write, self._respond
         try:

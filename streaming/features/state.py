@@ -308,6 +308,11 @@ class TerminalState(_KeyState):
         return out
 
     @property
+    def waiting_deadlines(self) -> int:
+        """Number of waiting labels with a deadline (see :meth:`expire_waiting`)."""
+        return len(self._deadlines)
+
+    @property
     def next_deadline(self) -> int | None:
         """The earliest deadline of a label still waiting for its transaction (None: none given)."""
         return min(self._deadlines.values()) if self._deadlines else None

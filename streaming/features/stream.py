@@ -256,6 +256,7 @@ class TerminalStateFn(beam.DoFn):
             return
         tx, customer = value
         tx_values = {**transaction_features(tx), **customer}  # what can fail on the element, before the state changes
+        deadlines = current.waiting_deadlines
         try:
             terminal = current.add_transaction(tx.transaction_id, time_ns(tx.event_time))
         except LateEventError as exc:
@@ -267,6 +268,8 @@ class TerminalStateFn(beam.DoFn):
                 tx, f"duplicate delivery: transaction_id {tx.transaction_id} was already featurised"))
             return
         aged_out = current.take_aged_out()
+        if deadlines and not current.waiting_deadlines and label_age is not None:
+            label_age.clear()  # no label waits any more: no firing (on the local runner no scan of this key)
         state.write(current)
         for label in aged_out:
             self._aged_out.inc()

@@ -20,8 +20,9 @@ streaming mode (never the default DirectRunner, which tries to download Prism fi
 
 Element timestamps are the Pub/Sub publish times unless ``--timestamp-attribute`` is given:
 features use the validated ``event_time`` of each event (which must equal the
-``event_time`` attribute when present), and the job has no windows or timers, so results do
-not depend on the watermark. Reading the timestamp from an attribute makes Beam's reader
+``event_time`` attribute when present), and the job has no windows, so features do not
+depend on the watermark (its one event-time timer only dead-letters a label whose transaction
+has not come 44 days of element time after it, see :mod:`streaming.features.stream`). Reading the timestamp from an attribute makes Beam's reader
 fail on a malformed attribute, which would stop the job instead of dead-lettering one
 message; enable it only for producers you control.
 """

@@ -24,10 +24,16 @@ runner):
    pull then come back only after the subscription's ack deadline, 60 s by default). A deadline
    error counts as an empty pull. When no patched reader got a message for ``idle_after`` s,
    an empty pull sleeps ``idle_sleep`` s so an idle job does not spin. Messages are still
-   acknowledged as Beam does (right after the pull).
+   acknowledged as Beam does (right after the pull). A subscription that was pulled from
+   successfully and then is ``NOT_FOUND`` or ``UNAVAILABLE`` (the emulator restarted and its
+   in-memory subscriptions are not recreated yet) counts as an empty pull, with a warning every
+   10 s, instead of failing the read four times in milliseconds and the pipeline with it.
 4. **Publisher clients.** ``WriteToPubSub`` creates a new ``PublisherClient`` (a gRPC channel)
    in ``setup()``, which the local runner calls for every bundle, and never closes it. Here
-   one client per process and ordering mode is created and reused.
+   one client per process and ordering mode is created and reused. A write to a topic that was
+   written successfully before and is now ``NOT_FOUND``/``UNAVAILABLE`` is retried for up to
+   ``WRITE_RETRY_SECONDS`` (the whole bundle again: at least once, so a message may be published
+   twice — identical).
 5. **Per-bundle DoFn set-up.** Every ParDo bundle starts with a pickle round trip of the DoFn
    (a fresh copy) and a DoFnRunner that inspects the signature of each DoFn method again. Here
    the DoFn is pickled once per transform and each bundle unpickles its own fresh copy, and a
@@ -267,6 +273,24 @@ def _skip_timerless_scans():
 
 _PULL: dict[str, float] = {}
 _LAST_DATA = [0.0]  # monotonic time a patched reader last got messages
+#: Subscriptions / topics this process used successfully: if one then disappears or its server is
+#: unreachable (the emulator restarted, its in-memory subscriptions not recreated yet), the reader
+#: waits and the writer retries instead of failing the bundle four times in a few milliseconds,
+#: which killed the pipeline. One never used successfully still fails at once (a typo, a missing topic).
+_SEEN_SUBSCRIPTIONS: set[str] = set()
+_SEEN_TOPICS: set[str] = set()
+_GONE_SLEEP = 0.5
+#: How long a write keeps retrying a topic that existed before (then the bundle fails as Beam's would).
+WRITE_RETRY_SECONDS = 120.0
+_LAST_WARNED: dict[str, float] = {}
+
+
+def _warn_gone(kind: str, path: str, exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _LAST_WARNED.get(path, -1e9) >= 10.0:
+        _LAST_WARNED[path] = now
+        log.warning("Pub/Sub %s %s is gone or unreachable (%s: %s); waiting for it to come back",
+                    kind, path, type(exc).__name__, str(exc)[:200])
 
 
 def _patch_pull():
@@ -292,6 +316,14 @@ def _patch_pull():
                                          return_immediately=True, timeout=_PULL["deadline"])
             except exceptions.DeadlineExceeded:
                 response = PullResponse()
+            except (exceptions.NotFound, exceptions.ServiceUnavailable) as exc:
+                if subscription not in _SEEN_SUBSCRIPTIONS:  # never existed: a configuration error, fail fast
+                    raise
+                _warn_gone("subscription", subscription, exc)  # it existed: wait for it, as Dataflow's reader does
+                time.sleep(_GONE_SLEEP)
+                response = PullResponse()
+            else:
+                _SEEN_SUBSCRIPTIONS.add(subscription)
             now = time.monotonic()
             if response.received_messages:
                 _LAST_DATA[0] = now
@@ -345,6 +377,25 @@ def _cache_publishers():
         self._pub_client = publisher_client(bool(self.with_ordering))
         self._topic = self._pub_client.topic_path(self.project, self.short_topic_name)
 
+    from google.api_core import exceptions
+
+    original_flush = fn._flush
+
+    def _flush(self):
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        while True:
+            try:
+                original_flush(self)  # keeps its buffer when it raises: a retry republishes all of it
+            except (exceptions.NotFound, exceptions.ServiceUnavailable) as exc:
+                if self._topic not in _SEEN_TOPICS or time.monotonic() > deadline:
+                    raise
+                _warn_gone("topic", self._topic, exc)
+                time.sleep(_GONE_SLEEP)
+                continue
+            _SEEN_TOPICS.add(self._topic)
+            return
+
     fn.setup = setup
+    fn._flush = _flush
     fn._streamscore_patched = True
     return True

@@ -203,7 +203,7 @@ def decode_state(value: bytes, spec: FeatureSpec, *, for_transaction: str | None
                 (tid,), pos = _read_ids(view, pos, 1)
                 t, pos = _take(view, pos, 8)
                 pending[tid] = _I64.unpack(t)[0]
-        state._pending, state._waiting, state._aged_out = pending, {}, []
+        state._pending, state._waiting, state._aged_out, state._deadlines = pending, {}, [], {}
     if pos != size:
         raise StateDecodeError(f"store value has {size - pos} trailing bytes")
     # the fields of _KeyState.__init__ (validated when the stream built the state it encoded)

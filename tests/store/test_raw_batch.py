@@ -171,11 +171,18 @@ def test_score_stream_shares_mgets_and_answers_as_score(store):
         reader.mgets = 0
         context = _SlowWriteContext(requests)
         await service.ScoreStream(None, context)
-        return want, context.written
+        alone = reader.mgets
+        reader.mgets = 0
+        contexts = [_SlowWriteContext(requests[k::2]) for k in range(2)]  # two calls at once share batches too
+        await asyncio.gather(*(service.ScoreStream(None, c) for c in contexts))
+        return want, context.written, alone, [c.written for c in contexts]
 
-    want, got = asyncio.run(main())
+    want, got, alone, both = asyncio.run(main())
     assert len(got) == len(requests)
-    assert reader.mgets < len(requests) / 4  # messages read while a write was in flight shared an MGET
+    assert alone < len(requests) / 4  # messages read while a write was in flight shared an MGET
+    assert reader.mgets < len(requests) / 4 and [len(b) for b in both] == [len(requests[0::2]), len(requests[1::2])]
+    assert [(r.transaction_id, r.score, r.error.message) for r in both[0]] == \
+        [(r.transaction_id, r.score, r.error.message) for r in got[0::2]]
     for w, g in zip(want, got):
         if isinstance(w, Exception):
             assert g.HasField("error") and g.error.message == str(w)

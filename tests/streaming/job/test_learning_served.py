@@ -182,3 +182,31 @@ def test_the_monitoring_gauges_publish_the_online_events_too():
     assert 'streamscore_online_served_quality{metric="average_precision",model="online_served",period="kept_days"} 0.7' in text
     assert 'streamscore_online_served_quality{metric="average_precision",model="xgboost",period="latest_day"} 0.8' in text
     assert 'streamscore_online_prequential_quality{learner_key="learner",metric="average_precision"} 0.65' in text
+
+
+class State:
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+
+def test_a_label_that_overtakes_its_scored_transaction_waits_for_it():
+    import datetime as dt
+
+    from streaming.job.served import ServedJoinFn, ServedRecord
+
+    fn = ServedJoinFn(keep_days=8.0)
+    fn.start_bundle()
+    state = State()
+    t = dt.datetime(2026, 1, 2, 10, tzinfo=dt.UTC)
+    label = Label("t1", 1, t, "c1", "term", t + dt.timedelta(days=1))
+    list(fn.process(("term", label), timestamp=1.0, store=state))  # a store holding only this pending label
+    record = ServedRecord("t1", int(t.timestamp() * 1e9), "c1", 0.4, 0.7, "o1")
+    list(fn.process(("term", record), timestamp=2.0, store=state))
+    (out,) = list(fn.finish_bundle())
+    assert out.value == (SERVED_KEY, (("2026-01-02", "c1", 1, 0.4, 0.7),))

@@ -246,6 +246,71 @@ def test_an_idle_pull_sleeps_so_an_idle_job_does_not_spin(monkeypatch):
     assert slept >= 0.2  # a lower bound on a sleep, not a speed threshold
 
 
+def test_a_subscription_that_existed_and_vanishes_is_waited_for_one_never_seen_fails(monkeypatch):
+    from apache_beam.runners.direct import transform_evaluator as te
+    from google.api_core import exceptions
+    from google.pubsub_v1.types import PullResponse
+
+    local_runner.install(5, 0.25, idle_sleep=0.0)
+    monkeypatch.setattr(local_runner, "_GONE_SLEEP", 0.0)
+    try:
+        fake = _FakeSubscriber([PullResponse(), exceptions.NotFound("Subscription does not exist"),
+                                exceptions.ServiceUnavailable("down"), exceptions.NotFound("Subscription does not exist")])
+        fake.acknowledge = lambda *, subscription, ack_ids: None
+        monkeypatch.setattr(te._PubSubReadEvaluator, "_get_subscriber_client", classmethod(lambda cls, t: fake))
+        evaluator = te._PubSubReadEvaluator.__new__(te._PubSubReadEvaluator)
+        evaluator._applied_ptransform, evaluator._sub_name = object(), "projects/p/subscriptions/seen-then-gone"
+        assert evaluator._read_from_pubsub(None) == []  # pulled once: it exists
+        assert evaluator._read_from_pubsub(None) == []  # gone (the emulator restarted): an empty pull
+        assert evaluator._read_from_pubsub(None) == []  # unreachable: the same
+        evaluator._sub_name = "projects/p/subscriptions/never-seen"
+        with pytest.raises(exceptions.NotFound):  # a subscription that never existed still fails at once
+            evaluator._read_from_pubsub(None)
+    finally:
+        local_runner.install()
+
+
+def test_a_write_to_a_topic_that_existed_is_retried_while_it_is_gone(monkeypatch):
+    from apache_beam.io.gcp.pubsub import WriteToPubSub, _PubSubWriteDoFn
+    from google.api_core import exceptions
+
+    monkeypatch.setattr(local_runner, "_GONE_SLEEP", 0.0)
+    outcomes = []
+
+    class Future:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self, timeout=None):
+            if self.error:
+                raise self.error
+
+    class Client:
+        def __init__(self, errors):
+            self.errors, self.published = list(errors), []
+
+        def publish(self, topic, data, **attrs):
+            self.published.append(data)
+            return Future(self.errors.pop(0) if self.errors else None)
+
+    def flush(topic, errors):
+        fn = _PubSubWriteDoFn(WriteToPubSub(topic))
+        fn._pub_client, fn._topic = Client(errors), topic
+        from apache_beam.io.gcp.pubsub import PubsubMessage
+
+        fn._buffer = [PubsubMessage(b"m", {})._to_proto_str(for_publish=True)]
+        try:
+            fn._flush()
+            outcomes.append(("ok", len(fn._pub_client.published)))
+        except exceptions.NotFound:
+            outcomes.append(("failed", len(fn._pub_client.published)))
+
+    flush("projects/local-project/topics/seen", [])  # written once: it exists
+    flush("projects/local-project/topics/seen", [exceptions.NotFound("gone"), exceptions.ServiceUnavailable("down")])
+    flush("projects/local-project/topics/never-seen", [exceptions.NotFound("no such topic")])
+    assert outcomes == [("ok", 1), ("ok", 3), ("failed", 1)]  # retried (the message published again), or not
+
+
 def test_writers_share_one_publisher_client_per_ordering_mode(monkeypatch):
     from apache_beam.io.gcp.pubsub import WriteToPubSub, _PubSubWriteDoFn
 
