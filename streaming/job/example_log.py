@@ -110,10 +110,13 @@ class JoinStore:
     ['unconfirmed']
     """
 
-    def __init__(self, keep_ns: int):
+    def __init__(self, keep_ns: int, record_type: type = LogRecord):
         if keep_ns <= 0:
             raise ValueError(f"keep_ns must be > 0, got {keep_ns}")
         self.keep_ns = keep_ns
+        # The NamedTuple the records are rebuilt as (LogRecord here; streaming.job.served keeps its
+        # own ServedRecord): its second field must be the event time in ns.
+        self.record_type = record_type
         # Plain tuples (LogRecord's fields), not LogRecords: the store is pickled with the key's state
         # at every bundle, and a NamedTuple pickles ~10x slower than a tuple (copyreg's __reduce_ex__).
         self._records: dict[str, tuple] = {}
@@ -141,7 +144,7 @@ class JoinStore:
     def label(self, transaction_id: str, label: int, time_ns_: int) -> LogRow | None:
         record = self._records.pop(transaction_id, None)
         if record is not None:
-            return LogRow(LogRecord._make(record), int(label), CONFIRMED)
+            return LogRow(self.record_type._make(record), int(label), CONFIRMED)
         if self._latest is None or time_ns_ >= self._latest - self.keep_ns:
             self._pending[transaction_id] = (int(time_ns_), int(label))
             self._oldest = min(self._oldest, int(time_ns_))
@@ -163,7 +166,7 @@ class JoinStore:
             return
         old = [tid for tid, r in self._records.items() if r[1] < cutoff]  # r[1]: time_ns
         for tid in old:
-            self._expired.append(LogRow(LogRecord._make(self._records.pop(tid)), 0, UNCONFIRMED))
+            self._expired.append(LogRow(self.record_type._make(self._records.pop(tid)), 0, UNCONFIRMED))
         stale = [tid for tid, (tt, _) in self._pending.items() if tt < cutoff]
         for tid in stale:
             del self._pending[tid]

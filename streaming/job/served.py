@@ -92,7 +92,7 @@ class ServedJoinFn(beam.DoFn):
             self._latest = timestamp
         joined = store.read()
         if joined is None:  # not `or`: a store holding only pending labels has len() == 0
-            joined = JoinStore(int(self.keep_days * DAY_NS))
+            joined = JoinStore(int(self.keep_days * DAY_NS), ServedRecord)
         if isinstance(value, Label):
             row = joined.label(value.transaction_id, value.label, time_ns(value.event_time))
         else:

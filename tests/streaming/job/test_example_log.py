@@ -185,3 +185,18 @@ def test_join_store_expires_exactly_what_a_full_scan_would():
     # every record older than the delay (before the latest time) is out, the rest is kept
     assert set(expired) == {tid for tid, t in kept.items() if t < latest - 3 * DAY}
     assert len(store) == len(kept) - len(expired)
+
+
+def test_the_join_store_rebuilds_the_record_type_it_was_given():
+    """streaming.job.served joins its own ServedRecord through the same store (a label after its
+    record rebuilt a LogRecord from the served record's 6 fields and failed the job)."""
+    from streaming.job.served import ServedRecord
+
+    store = JoinStore(keep_ns=2 * DAY, record_type=ServedRecord)
+    record = ServedRecord("t1", 5, "c1", 0.25, 0.5, "online-v1")
+    assert store.add(record) is None
+    row = store.label("t1", 1, 6)
+    assert row.record == record and type(row.record) is ServedRecord and row.label == 1
+    store.add(ServedRecord("t2", 6, "c1", 0.1, None, None))
+    store.add(ServedRecord("t3", 6 + 3 * DAY, "c1", 0.1, None, None))
+    assert [(type(r.record), r.record.transaction_id) for r in store.take_expired()] == [(ServedRecord, "t2")]
