@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections import deque
 
 import pandas as pd
 
@@ -52,6 +53,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-days", type=int, default=7, help="sliding window of the live AP / CP@100 (default 7)")
     parser.add_argument("--psi-warn", type=float, default=0.1, help="PSI above this is a moderate shift (default 0.1)")
     parser.add_argument("--psi-alarm", type=float, default=0.25, help="PSI above this is an alarm (default 0.25)")
+    parser.add_argument("--report", metavar="HTML", default=None,
+                        help="also write an HTML report of the windows over time: PSI of the score and the most shifted "
+                             "features, live AP / CP@100, alert rate and precision per segment (with --follow: at exit)")
     from models.signing import add_trust_arguments, keys_or_exit
 
     add_trust_arguments(parser, signs=False)  # the model is verified before it is read
@@ -80,6 +84,7 @@ def run(argv: list[str] | None = None) -> int:
     if start is None:
         raise ValueError(f"model {model.version} records no training period: pass --start")
     live, windows, alarms, started = LiveQuality(window_days=args.quality_days), 0, 0, time.monotonic()
+    events: list[dict] = []
     day, last = pd.Timestamp(start), table["TX_DATETIME"].max().normalize()
     while day <= last:
         end = day + pd.Timedelta(days=args.window_days)
@@ -89,13 +94,40 @@ def run(argv: list[str] | None = None) -> int:
             live.update(rows["TX_DATETIME"], rows["CUSTOMER_ID"], rows["TX_FRAUD"], scores)
             event = monitoring_event(reference.stability(rows, scores), thresholds, model_version=model.version,
                                      live=live.metrics(), at=str(day.date()))
+            event["segments"] = window_segments(rows, scores)
             print(json.dumps(event, sort_keys=True), flush=True)
+            events.append(event)
             windows, alarms = windows + 1, alarms + (event["status"] == "alarm")
         day = end
     print(f"streamscore monitor: model {model.version}, {windows} window{'s' if windows != 1 else ''} of"
           f" {args.window_days} day(s) from {start} over {len(table):,} rows of {args.features}; {alarms} with a PSI"
           f" alarm (> {args.psi_alarm:g}) ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    write_report(args.report, events)
     return 0
+
+
+def window_segments(rows: pd.DataFrame, scores) -> dict:
+    """Alert rate and precision per segment of one window (:mod:`models.segments`; alerts are the
+    top-100 cards of each day, precision over the window's labels)."""
+    from models.segments import segment_report
+
+    return {family: {name: {m: row[m] for m in ("transactions", "alert_rate", "precision")}
+                     for name, row in segments.items()}
+            for family, segments in segment_report(rows, scores).items()}
+
+
+def write_report(path: str | None, events: list[dict]) -> None:
+    if path is None:
+        return
+    if not events:
+        print(f"streamscore monitor: no stability event, so no report written to {path}", file=sys.stderr)
+        return
+    from pathlib import Path
+
+    from models.monitor_report import render_monitor_report
+
+    Path(path).write_text(render_monitor_report(events), encoding="utf-8")
+    print(f"streamscore monitor: report of {len(events)} windows written to {path}", file=sys.stderr)
 
 
 def follow_events(args, out=None) -> int:
@@ -124,6 +156,7 @@ def follow_events(args, out=None) -> int:
     from google.api_core import exceptions
 
     seen = alarms = 0
+    followed: deque = deque(maxlen=10_000)  # the report of a long follow covers its last windows
     try:
         while args.max_events is None or seen < args.max_events:
             try:
@@ -146,6 +179,7 @@ def follow_events(args, out=None) -> int:
                 if not isinstance(event, dict) or event.get("kind") != "stability":
                     continue
                 gauges.publish(event)
+                followed.append(event)
                 seen, alarms = seen + 1, alarms + (event.get("status") == "alarm")
                 print(json.dumps(event, sort_keys=True), file=out, flush=True)
     except KeyboardInterrupt:
@@ -154,6 +188,7 @@ def follow_events(args, out=None) -> int:
         subscriber.close()
     print(f"streamscore monitor: {seen} stability event{'s' if seen != 1 else ''} from {subscription}; "
           f"{alarms} with a PSI alarm", file=sys.stderr)
+    write_report(getattr(args, "report", None), list(followed))
     return 0
 
 

@@ -41,6 +41,50 @@ def test_monitor_raises_the_alarm_from_the_shift_day_only(make_feature_table, tm
     assert all(json.loads(line)["status"] != "alarm" for line in capsys.readouterr().out.splitlines())
 
 
+def test_monitor_reports_segments_per_window_and_draws_them_over_time(make_feature_table, tmp_path, capsys,
+                                                                      signing_key_env):
+    """Each window's event carries alert rate and precision per segment (equal to models.segments on
+    the window's rows and the model's scores); --report draws the windows over time."""
+    import pandas as pd
+
+    from models.evaluation import feature_table_spec
+    from models.registry import Registry
+    from models.segments import segment_report
+    from models.signing import KeyRing
+
+    table = make_feature_table(days=30, per_day=300, seed=6)
+    table.loc[table["TX_DATETIME"] >= SHIFT_DAY, "TX_AMOUNT"] += 1.0
+    path = tmp_path / "features.parquet"
+    table.to_parquet(path)
+    reg = tmp_path / "reg"
+    assert cli.main(["train", "--features", str(path), "--train-start", "2018-06-01", "--grid", "default",
+                     "--valid-folds", "0", "--registry", str(reg), "--promote", "--nthread", "1"]) == 0
+    capsys.readouterr()
+    report = tmp_path / "monitor.html"
+    assert cli.main(["monitor", "--features", str(path), "--registry", str(reg), "--window-days", "2",
+                     "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert f"report of {len(events)} windows written to {report}" in captured.err
+    model = Registry.open(str(reg), keys=KeyRing.load(signing_key_env)).load("production", expected_spec_hash=feature_table_spec(str(path)).spec_hash)
+    last = events[-1]
+    start = pd.Timestamp(last["at"])
+    rows = table[(table["TX_DATETIME"] >= start) & (table["TX_DATETIME"] < start + pd.Timedelta(days=2))]
+    expected = segment_report(rows, model.score_many(rows[list(model.feature_names)].to_numpy()))
+    assert set(last["segments"]) == set(expected) and {"amount", "card", "terminal"} <= set(expected)
+    for family, segments in expected.items():
+        for name, row in segments.items():
+            got = last["segments"][family][name]
+            assert got["transactions"] == row["transactions"] and got["alert_rate"] == pytest.approx(row["alert_rate"])
+            assert (got["precision"] is None) == (row["precision"] is None)
+    page = report.read_text()
+    assert page.count("<svg") >= 4  # PSI, live quality, alert rate and precision per segment
+    assert "Population stability per window" in page and "TX_AMOUNT" in page
+    assert "Alert rate per segment" in page and "amount: " in page
+    assert page.count("<tr>") == len(events) + 1 and page.count("class='alarm'") == sum(
+        e["status"] == "alarm" for e in events)
+
+
 def example_log_of(table, directory):
     """A feature table written as the streaming job's labelled-example log (day partitions)."""
     from streaming.features.spec import DEFAULT_SPEC
