@@ -54,6 +54,14 @@ SEGMENTS: dict[str, tuple[str, Callable[[pd.DataFrame], np.ndarray]]] = {
 }
 
 
+def segments_of(names: Sequence[str], features: np.ndarray) -> dict[str, np.ndarray]:
+    """``{family: segment name per row}`` for rows of ``features`` (columns named ``names``), for
+    each family whose column is among them: the same assignment as :func:`segment_report`'s."""
+    index = {name: j for j, name in enumerate(names)}
+    frame = pd.DataFrame({column: features[:, index[column]] for column, _ in SEGMENTS.values() if column in index})
+    return {family: assign(frame) for family, (column, assign) in SEGMENTS.items() if column in index}
+
+
 def alerted(frame: pd.DataFrame, scores, k: int = TOP_K) -> np.ndarray:
     """Boolean per row: its card is among the ``k`` highest-scored cards of its day (ties by
     ascending card id, as :func:`~models.evaluation.card_precision_at_k`)."""

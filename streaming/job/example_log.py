@@ -93,6 +93,7 @@ class MonitorBatch(NamedTuple):
     labelled_customers: np.ndarray
     labels: np.ndarray
     labelled_scores: np.ndarray
+    labelled_features: np.ndarray | None = None  # (rows, spec features): for the segments of live monitoring
 
 
 class JoinStore:
@@ -312,5 +313,6 @@ class ExampleLogFn(beam.DoFn):
                 np.fromiter((r.record.time_ns for r in confirmed), np.int64, len(confirmed)),
                 np.asarray([r.record.customer_id for r in confirmed], dtype=object),
                 np.fromiter((r.label for r in confirmed), np.int64, len(confirmed)),
-                np.fromiter((r.record.score for r in confirmed), np.float64, len(confirmed)))
+                np.fromiter((r.record.score for r in confirmed), np.float64, len(confirmed)),
+                np.asarray([r.record.features for r in confirmed], dtype=np.float64).reshape(len(confirmed), n))
             yield WindowedValue((MONITOR_KEY, batch), self._latest, [GlobalWindow()])

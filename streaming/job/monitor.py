@@ -39,6 +39,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from models.monitoring import SCORE, LiveQuality, Reference, Thresholds, monitoring_event, psi
+from models.segments import segments_of
 from streaming.features.spec import FeatureSpec
 from streaming.io.events import SCHEMA_ATTRIBUTE
 from streaming.job.example_log import MonitorBatch
@@ -55,6 +56,8 @@ _CURRENT: dict[str, tuple[float, tuple[str, Reference] | None]] = {}
 class WindowCounts:
     rows: int = 0
     counts: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (segment family, segment) -> [transactions scored, alerts (score >= the alert threshold)]
+    segments: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +67,27 @@ class MonitorState:
     latest_ns: int | None = None
     emitted_until_ns: int | None = None  # every window ending at or before this was emitted
     late_rows: int = 0
+    #: (event day in ns, family, segment) -> [labelled alerts, of them frauds]: precision per segment
+    #: over the last ``quality_days`` event days, as the live AP's window
+    labelled_segments: dict[tuple[int, str, str], list[int]] = field(default_factory=dict)
+
+
+DAY_NS = 24 * HOUR_NS
+
+
+def count_segments(into: dict, names, features: np.ndarray, keys: np.ndarray, first: np.ndarray,
+                   second: np.ndarray) -> None:
+    """For each row's ``(key, family, segment)``: add how many rows have ``first`` and how many
+    ``second`` (boolean arrays) to ``into[(key, family, segment)] = [n_first, n_second]``."""
+    assigned = segments_of(names, features)
+    for key in np.unique(keys):
+        rows = keys == key
+        for family, segment_of in assigned.items():
+            for segment in np.unique(segment_of[rows]):
+                mask = rows & (segment_of == segment)
+                counts = into.setdefault((int(key), family, str(segment)), [0, 0])
+                counts[0] += int(first[mask].sum())
+                counts[1] += int(second[mask].sum())
 
 
 def window_counts(reference: Reference, names, times_ns: np.ndarray, features: np.ndarray, scores: np.ndarray,
@@ -105,7 +129,7 @@ class LiveMonitorFn(beam.DoFn):
                  grace_hours: float = 1.0, quality_days: int = 7, thresholds: Thresholds = Thresholds(),
                  signing_key_file: str | None = None, refresh_seconds: float = 60.0,
                  reference: Callable[[], tuple[str, Reference] | None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, alert_threshold: float = 0.5):
         if not window_hours > 0 or grace_hours < 0:
             raise ValueError(f"window_hours must be > 0 and grace_hours >= 0, got {window_hours} and {grace_hours}")
         if registry is None and reference is None:
@@ -120,6 +144,7 @@ class LiveMonitorFn(beam.DoFn):
         self.refresh_seconds = refresh_seconds
         self.reference = reference  # tests inject (version, Reference); else read from the registry
         self.clock = clock
+        self.alert_threshold = alert_threshold  # the job's --alert-threshold: what an alert is, per segment
         self._events = Metrics.counter(self.__class__, "stability_events")
         self._alarms = Metrics.counter(self.__class__, "stability_alarms")
         self._unreferenced = Metrics.counter(self.__class__, "rows_without_reference")
@@ -176,6 +201,10 @@ class LiveMonitorFn(beam.DoFn):
         if len(batch.labels):
             current.quality.update(batch.labelled_times_ns.astype("datetime64[ns]"), batch.labelled_customers,
                                    batch.labels, batch.labelled_scores)
+            if batch.labelled_features is not None:
+                alerts = batch.labelled_scores >= self.alert_threshold
+                count_segments(current.labelled_segments, self.spec.names, batch.labelled_features,
+                               (batch.labelled_times_ns // DAY_NS) * DAY_NS, alerts, alerts & (batch.labels == 1))
         if len(batch.times_ns):
             times, features, scores = batch.times_ns, batch.features, batch.scores
             if current.emitted_until_ns is not None:
@@ -194,6 +223,13 @@ class LiveMonitorFn(beam.DoFn):
                     into.rows += wc.rows
                     for name, counts in wc.counts.items():
                         into.counts[name] = into.counts[name] + counts if name in into.counts else counts
+                scored = {}
+                count_segments(scored, self.spec.names, features, (times // window_ns) * window_ns,
+                               np.ones(len(times), dtype=bool), scores >= self.alert_threshold)
+                for (start, family, segment), (n, alerts) in scored.items():
+                    counts = current.windows[(start, version)].segments.setdefault((family, segment), [0, 0])
+                    counts[0] += n
+                    counts[1] += alerts
             latest = int(batch.times_ns.max())
             current.latest_ns = latest if current.latest_ns is None else max(current.latest_ns, latest)
         if current.latest_ns is None:
@@ -208,12 +244,34 @@ class LiveMonitorFn(beam.DoFn):
             event = monitoring_event(stability_of(reference, wc), self.thresholds, model_version=version,
                                      live=current.quality.metrics(), at=_iso(start + window_ns))
             event.update(window_start=_iso(start), window_end=_iso(start + window_ns), rows=wc.rows,
-                         late_rows=current.late_rows, source="stream")
+                         late_rows=current.late_rows, source="stream",
+                         segments=self._segments(current, wc), alert_threshold=self.alert_threshold)
             self._events.inc()
             if event["status"] == "alarm":
                 self._alarms.inc()
             current.emitted_until_ns = max(current.emitted_until_ns or 0, start + window_ns)
             yield stability_message(event)
+
+    def _segments(self, current: MonitorState, wc: WindowCounts) -> dict:
+        """Per family and segment: the window's transactions and alert rate (score >= the alert
+        threshold), and the precision of the labelled alerts over the last ``quality_days`` days."""
+        if current.labelled_segments:
+            last = max(day for day, _, _ in current.labelled_segments)
+            first = last - (self.quality_days - 1) * DAY_NS
+            current.labelled_segments = {k: v for k, v in current.labelled_segments.items() if k[0] >= first}
+        labelled: dict[tuple[str, str], list[int]] = {}
+        for (_, family, segment), (alerts, hits) in current.labelled_segments.items():
+            counts = labelled.setdefault((family, segment), [0, 0])
+            counts[0] += alerts
+            counts[1] += hits
+        out: dict[str, dict[str, dict]] = {}
+        for (family, segment) in sorted(set(wc.segments) | set(labelled)):
+            n, alerts = wc.segments.get((family, segment), (0, 0))
+            labelled_alerts, hits = labelled.get((family, segment), (0, 0))
+            out.setdefault(family, {})[segment] = {
+                "transactions": n, "alert_rate": alerts / n if n else None,
+                "labelled_alerts": labelled_alerts, "precision": hits / labelled_alerts if labelled_alerts else None}
+        return out
 
     def _reference_of(self, version: str) -> Reference | None:
         """The training reference of ``version`` (cached; None for a version without one)."""

@@ -220,7 +220,8 @@ class StreamingJob(beam.PTransform):
              | LiveMonitorFn.__name__ >> beam.ParDo(LiveMonitorFn(
                  config.registry, self.spec, window_hours=config.monitoring_window_hours,
                  grace_hours=config.monitoring_grace_hours, quality_days=config.quality_days,
-                 thresholds=Thresholds(config.psi_warn, config.psi_alarm), signing_key_file=config.signing_key_file))
+                 thresholds=Thresholds(config.psi_warn, config.psi_alarm), signing_key_file=config.signing_key_file,
+                 alert_threshold=config.alert_threshold))
              | "WriteLiveMonitoring" >> WriteToPubSub(config.topic(config.monitoring_topic), with_attributes=True))
 
     def expand(self, pbegin):

@@ -50,7 +50,7 @@ def batches(table: pd.DataFrame, size: int = 100, labels: bool = True):
         s = score(x)
         k = len(t) if labels else 0  # the rows whose labels came in this batch
         yield MonitorBatch(t, x, s, t[:k], part["CUSTOMER_ID"].to_numpy().astype(object)[:k],
-                           part["TX_FRAUD"].to_numpy()[:k], s[:k])
+                           part["TX_FRAUD"].to_numpy()[:k], s[:k], x[:k])
 
 
 def run(fn: LiveMonitorFn, stream) -> list[dict]:
@@ -74,6 +74,47 @@ def test_the_psi_alarm_is_raised_only_from_the_day_amounts_shift(drifted):
         assert ("TX_AMOUNT" in event["drifted"]) == shifted, (start, event["psi"]["TX_AMOUNT"])
         assert ("score" in event["drifted"]) == shifted
         assert event["live"]["average_precision"] is not None and event["live"]["rows"] > 0
+
+
+def test_each_window_reports_alert_rate_and_precision_per_segment(drifted):
+    """Alert rate per segment over the window's scored rows and precision of the labelled alerts
+    per segment over the quality window, recomputed here from the table with pandas."""
+    from models.segments import SEGMENTS
+
+    table, day, reference = drifted
+    threshold = 0.6
+    fn = LiveMonitorFn(None, DEFAULT_SPEC, window_hours=48, grace_hours=1, quality_days=7,
+                       reference=FixedReference("v1", reference), alert_threshold=threshold)
+    fn.setup()
+    state, events, fed = MonitorState(LiveQuality(window_days=fn.quality_days)), [], []
+    for i, batch in enumerate(batches(table, size=100)):
+        for message in fn._update(state, batch):
+            events.append(orjson.loads(message.data))
+            fed.append(min((i + 1) * 100, len(table)))  # the rows (and labels) in when it was emitted
+    frame = table.assign(score=score(table[NAMES].to_numpy()))
+    frame["alert"] = frame["score"] >= threshold
+    assigned = {family: assign(frame) for family, (_, assign) in SEGMENTS.items()}
+    assert len(events) > 5
+    for event, n_fed in zip(events, fed):
+        start = pd.Timestamp(event["window_start"].rstrip("Z"))
+        in_window = ((frame["TX_DATETIME"] >= start) & (frame["TX_DATETIME"] < start + pd.Timedelta(days=2))).to_numpy()
+        seen = np.arange(len(frame)) < n_fed  # labels come with their rows here
+        last_day = frame.loc[seen, "TX_DATETIME"].max().normalize()
+        recent = seen & (frame["TX_DATETIME"] >= last_day - pd.Timedelta(days=6)).to_numpy()
+        assert event["alert_threshold"] == threshold and set(event["segments"]) == {"amount", "card", "terminal"}
+        for family, names in assigned.items():
+            for name in set(names[in_window]):
+                got = event["segments"][family][name]
+                rows = in_window & (names == name)
+                assert got["transactions"] == rows.sum()
+                assert got["alert_rate"] == pytest.approx(frame["alert"].to_numpy()[rows].mean())
+            for name, got in event["segments"][family].items():
+                alerts = recent & (names == name) & frame["alert"].to_numpy()
+                assert got["labelled_alerts"] == alerts.sum(), (event["window_start"], family, name)
+                if alerts.sum():
+                    assert got["precision"] == pytest.approx(frame["TX_FRAUD"].to_numpy()[alerts].mean())
+                else:
+                    assert got["precision"] is None
 
 
 def test_the_counts_equal_the_references_own_shares(drifted):
