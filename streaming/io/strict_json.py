@@ -133,28 +133,21 @@ def _counted(value: Any, depth: int) -> tuple[int, int] | None:
     members = colons = 0
     if type(value) is dict:
         members = len(value)
-        for key, child in value.items():
+        for key in value:
             colons += key.count(":")
-            kind = type(child)
-            if kind is str:
-                colons += child.count(":")
-            elif kind is dict or kind is list:
-                inner = _counted(child, depth + 1)
-                if inner is None:
-                    return None
-                members += inner[0]
-                colons += inner[1]
+        children = value.values()
     else:  # a list
-        for child in value:
-            kind = type(child)
-            if kind is str:
-                colons += child.count(":")
-            elif kind is dict or kind is list:
-                inner = _counted(child, depth + 1)
-                if inner is None:
-                    return None
-                members += inner[0]
-                colons += inner[1]
+        children = value
+    for child in children:
+        kind = type(child)
+        if kind is str:
+            colons += child.count(":")
+        elif kind is dict or kind is list:
+            inner = _counted(child, depth + 1)
+            if inner is None:
+                return None
+            members += inner[0]
+            colons += inner[1]
     return members, colons
 
 
