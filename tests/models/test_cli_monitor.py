@@ -11,16 +11,22 @@ pytestmark = pytest.mark.usefixtures("signing_key_env")  # train and retrain sig
 SHIFT_DAY = "2018-06-26"  # a window start (windows of 2 days from 06-08)
 
 
-def test_monitor_raises_the_alarm_from_the_shift_day_only(make_feature_table, tmp_path, capsys):
+def shifted_table_and_model(make_feature_table, tmp_path, capsys):
+    """A feature table whose amounts shift from SHIFT_DAY, and a registry whose production model
+    was trained on its first week."""
     table = make_feature_table(days=30, per_day=300, seed=6)
-    shifted = table["TX_DATETIME"] >= SHIFT_DAY
-    table.loc[shifted, "TX_AMOUNT"] += 1.0  # a one-standard-deviation shift of the amounts
+    table.loc[table["TX_DATETIME"] >= SHIFT_DAY, "TX_AMOUNT"] += 1.0  # a one-standard-deviation shift of the amounts
     path = tmp_path / "features.parquet"
     table.to_parquet(path)
     reg = tmp_path / "reg"
     assert cli.main(["train", "--features", str(path), "--train-start", "2018-06-01", "--grid", "default",
                      "--valid-folds", "0", "--registry", str(reg), "--promote", "--nthread", "1"]) == 0
     capsys.readouterr()
+    return table, path, reg
+
+
+def test_monitor_raises_the_alarm_from_the_shift_day_only(make_feature_table, tmp_path, capsys):
+    table, path, reg = shifted_table_and_model(make_feature_table, tmp_path, capsys)
     assert cli.main(["monitor", "--features", str(path), "--registry", str(reg), "--window-days", "2"]) == 0
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
@@ -52,21 +58,15 @@ def test_monitor_reports_segments_per_window_and_draws_them_over_time(make_featu
     from models.segments import segment_report
     from models.signing import KeyRing
 
-    table = make_feature_table(days=30, per_day=300, seed=6)
-    table.loc[table["TX_DATETIME"] >= SHIFT_DAY, "TX_AMOUNT"] += 1.0
-    path = tmp_path / "features.parquet"
-    table.to_parquet(path)
-    reg = tmp_path / "reg"
-    assert cli.main(["train", "--features", str(path), "--train-start", "2018-06-01", "--grid", "default",
-                     "--valid-folds", "0", "--registry", str(reg), "--promote", "--nthread", "1"]) == 0
-    capsys.readouterr()
+    table, path, reg = shifted_table_and_model(make_feature_table, tmp_path, capsys)
     report = tmp_path / "monitor.html"
     assert cli.main(["monitor", "--features", str(path), "--registry", str(reg), "--window-days", "2",
                      "--report", str(report)]) == 0
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
     assert f"report of {len(events)} windows written to {report}" in captured.err
-    model = Registry.open(str(reg), keys=KeyRing.load(signing_key_env)).load("production", expected_spec_hash=feature_table_spec(str(path)).spec_hash)
+    registry = Registry.open(str(reg), keys=KeyRing.load(signing_key_env))
+    model = registry.load("production", expected_spec_hash=feature_table_spec(str(path)).spec_hash)
     last = events[-1]
     start = pd.Timestamp(last["at"])
     rows = table[(table["TX_DATETIME"] >= start) & (table["TX_DATETIME"] < start + pd.Timedelta(days=2))]
