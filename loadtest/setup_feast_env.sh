@@ -11,21 +11,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FEAST_VENV:-$ROOT/.venv-feast}"
-PYTHON="${PYTHON:-python3}"
 FEAST_VERSION="${FEAST_VERSION:-0.67.*}"
 PACKAGES=("feast[redis]==$FEAST_VERSION" "hiredis")
-STAMP="$VENV/.feast-stamp"
-WANT="${PACKAGES[*]}"
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c 'import feast, redis, hiredis' >/dev/null 2>&1; then
-    echo "feast env ready: $VENV ($WANT)"
-    exit 0
-fi
-
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 10), "Feast 0.67 needs Python >= 3.10, found " + sys.version.split()[0]'
-test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PACKAGES[@]}"
-"$VENV/bin/python" -c 'import feast, redis, hiredis'
-echo "$WANT" > "$STAMP"
-echo "feast env ready: $VENV ($("$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(feast|redis|hiredis|pandas|pyarrow|protobuf) ' | tr -s ' ' | tr '\n' ';'))"
+# shellcheck source=loadtest/peer_venv.sh
+source "$ROOT/loadtest/peer_venv.sh"
+peer_venv feast "$VENV" 10 '"$VENV/bin/python" -c "import feast, redis, hiredis"' \
+    'feast|redis|hiredis|pandas|pyarrow|protobuf' "${PACKAGES[@]}"
